@@ -1,0 +1,190 @@
+"""The inner loop: a merchant adapts θ on its own support data.
+
+Training signal. Every support interaction (user, item) is one example: the user is
+represented by their *other* support items, and the item must win a softmax over the
+merchant's whole catalogue, from which the user's other known items are removed (they
+are positives too, not negatives). A catalogue of a few thousand items makes the full
+softmax cheap, and it matches how items are ranked at evaluation time.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from common.config import AdaptConfig, ModelConfig
+from common.model import PAD, Recommender, build_model, item_buckets, to_numpy
+from common.protocol import MarketSplit
+
+logger = logging.getLogger(__name__)
+
+LOSS_SAMPLE = 1024  # support examples used to report the loss before and after
+
+
+@dataclass(frozen=True)
+class MerchantData:
+    """A merchant's support data, ready for the model.
+
+    catalogue: ``(C, 2)`` hashed rows of the merchant's catalogue (item code order).
+    histories: ``(U, L)`` each user's latest ``L`` support item codes, oldest first,
+        padded on the right with ``PAD``.
+    example_user, example_position: one row per support interaction used for training.
+    """
+
+    catalogue: np.ndarray
+    histories: np.ndarray
+    example_user: np.ndarray
+    example_position: np.ndarray
+
+    @property
+    def num_examples(self) -> int:
+        """Support interactions this merchant trains on."""
+        return int(self.example_user.shape[0])
+
+    @classmethod
+    def from_split(cls, split: MarketSplit, model: ModelConfig) -> MerchantData:
+        """Tensors of a split's support data (held-out items are not included)."""
+        length = max(1, min(model.max_history, max(len(s) for s in split.support)))
+        histories = np.full((len(split.support), length), PAD, dtype=np.int64)
+        for user, items in enumerate(split.support):
+            latest = items[-length:]
+            histories[user, : len(latest)] = latest
+        users, positions = np.nonzero(histories != PAD)
+        return cls(
+            catalogue=item_buckets(split.item_ids, model.num_buckets),
+            histories=histories,
+            example_user=users.astype(np.int64),
+            example_position=positions.astype(np.int64),
+        )
+
+
+@dataclass(frozen=True)
+class AdaptResult:
+    """What one inner loop produced."""
+
+    parameters: dict[str, np.ndarray]
+    loss_before: float
+    loss_after: float
+    num_examples: int
+
+
+def _example_loss(
+    model: Recommender,
+    catalogue: torch.Tensor,
+    histories: torch.Tensor,
+    users: torch.Tensor,
+    positions: torch.Tensor,
+) -> torch.Tensor:
+    """Mean softmax cross-entropy of held-in-turn support examples."""
+    history = histories[users]  # (B, L) item codes
+    targets = history[torch.arange(len(users)), positions]  # (B,)
+    mask = history != PAD
+    mask[torch.arange(len(users)), positions] = False  # the target is not evidence
+    scores = model(catalogue[history.clamp(min=0)], mask, catalogue)  # (B, C)
+
+    # The user's other known items are positives too: remove them from the softmax.
+    known = torch.zeros_like(scores, dtype=torch.bool)
+    known.scatter_(1, history.clamp(min=0), mask)
+    scores = scores.masked_fill(known, float("-inf"))
+    return F.cross_entropy(scores, targets)
+
+
+def adapt(
+    parameters: dict[str, np.ndarray],
+    data: MerchantData,
+    model_config: ModelConfig,
+    config: AdaptConfig,
+    seed: int,
+) -> AdaptResult:
+    """Run ``config.inner_steps`` Adam steps from ``parameters`` on ``data``.
+
+    Deterministic for a given seed: minibatches are drawn from a seeded generator, so
+    the same merchant in the same round produces the same delta under any engine.
+    """
+    if data.num_examples == 0:
+        raise ValueError("adapt: the merchant has no support interactions")
+    model = build_model(model_config, parameters)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.inner_lr)
+    catalogue = torch.from_numpy(data.catalogue)
+    histories = torch.from_numpy(data.histories)
+    example_user = torch.from_numpy(data.example_user)
+    example_position = torch.from_numpy(data.example_position)
+    generator = torch.Generator().manual_seed(seed)
+
+    # A fixed sample of examples measures the loss before and after adaptation.
+    probe = torch.randperm(data.num_examples, generator=generator)[:LOSS_SAMPLE]
+
+    def probe_loss() -> float:
+        with torch.no_grad():
+            return float(
+                _example_loss(
+                    model,
+                    catalogue,
+                    histories,
+                    example_user[probe],
+                    example_position[probe],
+                )
+            )
+
+    loss_before = probe_loss()
+    batch_size = min(config.batch_size, data.num_examples)
+    for _ in range(config.inner_steps):
+        batch = torch.randint(data.num_examples, (batch_size,), generator=generator)
+        loss = _example_loss(
+            model, catalogue, histories, example_user[batch], example_position[batch]
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    loss_after = probe_loss()
+    logger.debug(
+        "adapt: %d steps on %d examples, loss %.4f -> %.4f",
+        config.inner_steps,
+        data.num_examples,
+        loss_before,
+        loss_after,
+    )
+    return AdaptResult(to_numpy(model), loss_before, loss_after, data.num_examples)
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Per-user ranking scores of held-out items."""
+
+    positive: np.ndarray  # (U,)
+    negatives: np.ndarray  # (U, N)
+    catalogue: np.ndarray | None = None  # (U, C) when full-catalogue scores are asked
+
+
+def score_held_out(
+    parameters: dict[str, np.ndarray],
+    data: MerchantData,
+    split: MarketSplit,
+    model_config: ModelConfig,
+    which: str = "test",
+    full_catalogue: bool = False,
+) -> Scores:
+    """Score each user's held-out item (``valid`` or ``test``) and its negatives."""
+    if which not in ("valid", "test"):
+        raise ValueError(f"which must be 'valid' or 'test', got {which!r}")
+    held_out = split.test_item if which == "test" else split.valid_item
+    negatives = split.test_negatives if which == "test" else split.valid_negatives
+    model = build_model(model_config, parameters).eval()
+    catalogue = torch.from_numpy(data.catalogue)
+    histories = torch.from_numpy(data.histories)
+    mask = histories != PAD
+    candidates = torch.from_numpy(np.concatenate([held_out[:, None], negatives], axis=1))
+    with torch.no_grad():
+        user_vectors = model.user_vectors(catalogue[histories.clamp(min=0)], mask)
+        vectors, bias = model.item_vectors(catalogue)
+        all_scores = user_vectors @ vectors.T + bias  # (U, C)
+        picked = torch.gather(all_scores, 1, candidates).numpy()
+    return Scores(
+        positive=picked[:, 0],
+        negatives=picked[:, 1:],
+        catalogue=all_scores.numpy() if full_catalogue else None,
+    )
