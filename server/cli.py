@@ -24,6 +24,14 @@ app = typer.Typer(
     add_completion=False,
 )
 
+
+# Without a callback, an app holding one command runs it as the app itself, and ``main``
+# registers only the command asked for: "status" in "status RUN_DIR" would be RUN_DIR.
+@app.callback()
+def _root() -> None:
+    """Federated meta-learning recommender: operator and merchant tools."""
+
+
 # command group or command name -> (module, attribute holding a typer app or function)
 _GROUPS: dict[str, tuple[str, str]] = {
     "certs": ("server.certs", "cli"),
@@ -49,7 +57,9 @@ def _register(name: str) -> None:
 def main() -> None:
     """Entry point of the ``merchant-meta`` console script."""
     requested = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
-    names = [requested] if requested in {*_GROUPS, *_COMMANDS} else [*_GROUPS, *_COMMANDS]
+    names = (
+        [requested] if requested in {*_GROUPS, *_COMMANDS} else [*_GROUPS, *_COMMANDS]
+    )
     for name in names:
         try:
             _register(name)
