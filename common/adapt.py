@@ -9,8 +9,10 @@ softmax cheap, and it matches how items are ranked at evaluation time.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,7 +20,9 @@ import torch.nn.functional as F
 
 from common.config import AdaptConfig, ModelConfig
 from common.model import PAD, Recommender, build_model, item_buckets, to_numpy
-from common.protocol import MarketSplit
+
+if TYPE_CHECKING:
+    from common.protocol import MarketSplit
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +64,16 @@ class MerchantData:
             example_user=users.astype(np.int64),
             example_position=positions.astype(np.int64),
         )
+
+
+def round_seed(seed: int, server_round: int, merchant_id: str) -> int:
+    """A seed unique to (run seed, round, merchant), the same in every process.
+
+    The inner loop's minibatches come from it, so a merchant's delta in a round does
+    not depend on which engine ran it or in what order.
+    """
+    text = f"{seed}/{server_round}/{merchant_id}".encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=4).digest(), "little")
 
 
 @dataclass(frozen=True)
@@ -177,7 +191,9 @@ def score_held_out(
     catalogue = torch.from_numpy(data.catalogue)
     histories = torch.from_numpy(data.histories)
     mask = histories != PAD
-    candidates = torch.from_numpy(np.concatenate([held_out[:, None], negatives], axis=1))
+    candidates = torch.from_numpy(
+        np.concatenate([held_out[:, None], negatives], axis=1)
+    )
     with torch.no_grad():
         user_vectors = model.user_vectors(catalogue[histories.clamp(min=0)], mask)
         vectors, bias = model.item_vectors(catalogue)

@@ -101,10 +101,16 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Scoring held-out new merchants during a run."""
+    """Scoring held-out new merchants during a run.
+
+    adapt_steps, adapt_lr: the adaptation budget a new merchant spends on θ. It is
+    smaller than the training inner loop's: a merchant with a handful of interactions
+    per customer overfits quickly.
+    """
 
     eval_every: int = 2
     adapt_steps: int = 20
+    adapt_lr: float = 0.001
     eval_seeds: int = 3
 
 
@@ -165,7 +171,9 @@ def from_run_config(raw: Mapping[str, Any]) -> RunConfig:
         merchants_per_market=int,
         seed=int,
     )
-    evaluation = _pick(EvalConfig, raw, eval_every=int, adapt_steps=int, eval_seeds=int)
+    evaluation = _pick(
+        EvalConfig, raw, eval_every=int, adapt_steps=int, adapt_lr=float, eval_seeds=int
+    )
     return RunConfig(
         model=model,
         adapt=adapt,

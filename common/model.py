@@ -127,5 +127,7 @@ def build_model(config: ModelConfig, parameters: dict[str, np.ndarray]) -> Recom
         raise ValueError(
             f"parameters do not fit the model: expected {expected}, got {received}"
         )
-    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in parameters.items()})
+    model.load_state_dict(
+        {k: torch.from_numpy(np.array(v)) for k, v in parameters.items()}
+    )
     return model

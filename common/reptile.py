@@ -27,12 +27,16 @@ def compute_delta(theta: Arrays, adapted: Arrays) -> dict[str, np.ndarray]:
             f"compute_delta: names differ: {sorted(set(theta) ^ set(adapted))}"
         )
     return {
-        name: (np.asarray(adapted[name], np.float32) - np.asarray(theta[name], np.float32))
+        name: (
+            np.asarray(adapted[name], np.float32) - np.asarray(theta[name], np.float32)
+        )
         for name in theta
     }
 
 
-def weighted_mean(deltas: Sequence[Arrays], weights: Sequence[float]) -> dict[str, np.ndarray]:
+def weighted_mean(
+    deltas: Sequence[Arrays], weights: Sequence[float]
+) -> dict[str, np.ndarray]:
     """Σ_i w_i Δ_i / Σ_i w_i, accumulated in float64 and returned as float32."""
     if not deltas:
         raise ValueError("weighted_mean: no deltas")
@@ -42,7 +46,9 @@ def weighted_mean(deltas: Sequence[Arrays], weights: Sequence[float]) -> dict[st
         )
     weight = np.asarray(weights, dtype=np.float64)
     if np.any(weight < 0) or not np.isfinite(weight).all() or weight.sum() <= 0:
-        raise ValueError(f"weighted_mean: weights must be >= 0 with a positive sum: {weights}")
+        raise ValueError(
+            f"weighted_mean: weights must be >= 0 with a positive sum: {weights}"
+        )
     weight = weight / weight.sum()
     mean: dict[str, np.ndarray] = {}
     for name in deltas[0]:
@@ -56,9 +62,9 @@ def weighted_mean(deltas: Sequence[Arrays], weights: Sequence[float]) -> dict[st
 def apply_step(theta: Arrays, step: Arrays, meta_lr: float) -> dict[str, np.ndarray]:
     """θ + meta_lr · step."""
     return {
-        name: (np.asarray(theta[name], np.float32) + np.float32(meta_lr) * step[name]).astype(
-            np.float32
-        )
+        name: (
+            np.asarray(theta[name], np.float32) + np.float32(meta_lr) * step[name]
+        ).astype(np.float32)
         for name in theta
     }
 
@@ -73,8 +79,10 @@ def reptile_update(
     return apply_step(theta, weighted_mean(deltas, weights), meta_lr)
 
 
-def meta_lr_at(server_round: int, num_rounds: int, initial: float, final: float) -> float:
-    """Linearly annealed meta_lr: ``initial`` in round 1, ``final`` in the last round."""
+def meta_lr_at(
+    server_round: int, num_rounds: int, initial: float, final: float
+) -> float:
+    """Linearly annealed meta_lr: ``initial`` in round 1, ``final`` in the last."""
     if num_rounds <= 1:
         return initial
     progress = min(max(server_round - 1, 0), num_rounds - 1) / (num_rounds - 1)
@@ -93,5 +101,7 @@ def delta_weights(num_examples: Sequence[int], weighting: str) -> list[float]:
 def global_norm(arrays: Arrays) -> float:
     """L2 norm of all arrays together."""
     return float(
-        np.sqrt(sum(float(np.sum(np.square(a, dtype=np.float64))) for a in arrays.values()))
+        np.sqrt(
+            sum(float(np.sum(np.square(a, dtype=np.float64))) for a in arrays.values())
+        )
     )

@@ -99,7 +99,8 @@ def _merchant_log(
         times = np.sort(rng.integers(0, 1000, size=count))
         user_id = f"{merchant_id}-u{user:04d}"
         rows.extend(
-            (user_id, world.item_ids[i], int(t)) for i, t in zip(chosen, times, strict=True)
+            (user_id, world.item_ids[i], int(t))
+            for i, t in zip(chosen, times, strict=True)
         )
     frame = pd.DataFrame(rows, columns=["user", "item", "time"])
     frame.insert(0, "market", market)
@@ -132,7 +133,7 @@ def source_merchants(
 def new_merchants(
     seed: int,
     per_market: int = 1,
-    users_per_merchant: int = 50,
+    users_per_merchant: int = 120,
     interactions_per_user: tuple[int, int] = (5, 6),
 ) -> list[SyntheticMerchant]:
     """Held-out merchants just entering a market: few customers, few purchases each.
@@ -147,7 +148,12 @@ def new_merchants(
             rng = np.random.default_rng([seed, 2, market_index, index])
             merchant_id = f"new-{market}-{index}"
             log = _merchant_log(
-                world, market, merchant_id, users_per_merchant, interactions_per_user, rng
+                world,
+                market,
+                merchant_id,
+                users_per_merchant,
+                interactions_per_user,
+                rng,
             )
             merchants.append(SyntheticMerchant(merchant_id, market, log))
     return merchants
