@@ -2,22 +2,27 @@
 
 Simulation: the node's ``partition-id`` picks one source merchant of the federation the
 run config describes. Deployment: the node config names the merchant's own file
-(``data-path``, ``data-format``, ``merchant-id``).
+(``data-path``, ``data-format``, ``merchant-id``, optionally ``market``, ``cache-dir``
+and the table's ``user-col``, ``item-col``, ``time-col``, ``value-col``,
+``market-col``); each message runs in a fresh process, so the parsed data comes from
+the merchant's disk cache (``client.cache``), rebuilt when the file changes.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from flwr.app import Context
 
+from client import cache
 from common.adapt import MerchantData
 from common.config import DataConfig, ModelConfig, RunConfig
-from common.data import load_interactions
+from common.data import TableColumns
 from common.federation import source_merchants
-from common.protocol import MarketSplit, leave_one_out
+from common.protocol import MarketSplit
 
 logger = logging.getLogger(__name__)
 
@@ -48,13 +53,24 @@ def _simulated(
     )
 
 
-@functools.lru_cache(maxsize=4)
 def _deployed(
-    merchant_id: str, path: str, data_format: str, model: ModelConfig, seed: int
+    merchant_id: str, node: Mapping[str, object], model: ModelConfig, seed: int
 ) -> LocalMerchant:
-    frame = load_interactions(path, data_format)
-    split = leave_one_out(frame, merchant_id, seed=seed)
-    return LocalMerchant(merchant_id, split, MerchantData.from_split(split, model))
+    source = cache.Source(
+        path=str(node["data-path"]),
+        data_format=str(node.get("data-format", "table")),
+        market=str(node["market"]) if "market" in node else None,
+        columns=TableColumns(
+            user=str(node.get("user-col", "user")),
+            item=str(node.get("item-col", "item")),
+            time=str(node.get("time-col", "time")),
+            value=str(node["value-col"]) if "value-col" in node else None,
+            market=str(node["market-col"]) if "market-col" in node else None,
+        ),
+    )
+    cache_dir = str(node.get("cache-dir", "")) or None
+    prepared = cache.load_prepared(source, model, seed, cache_dir)
+    return LocalMerchant(merchant_id, prepared.split, prepared.data)
 
 
 def load_merchant(context: Context, config: RunConfig) -> LocalMerchant:
@@ -62,10 +78,7 @@ def load_merchant(context: Context, config: RunConfig) -> LocalMerchant:
     node = context.node_config
     if "data-path" in node:
         merchant_id = str(node.get("merchant-id", f"node-{context.node_id}"))
-        data_format = str(node.get("data-format", "table"))
-        return _deployed(
-            merchant_id, str(node["data-path"]), data_format, config.model, config.seed
-        )
+        return _deployed(merchant_id, node, config.model, config.seed)
     if "partition-id" not in node:
         raise ValueError(
             "node config has neither data-path (deployment) "
