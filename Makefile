@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup simulate test lint typecheck benchmark clean
+.PHONY: setup simulate test lint typecheck browser benchmark clean
 
 setup: $(STAMP)
 
@@ -28,8 +28,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-test: lint typecheck
+test: lint typecheck browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The dashboard's browser test drives Debian's Chromium (CI runs as root).
+browser:
+	test -x /usr/bin/chromium || (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
 benchmark: $(STAMP)
 	$(PY) -m simulations.benchmark --data ../shared/data/xmarket --format xmarket \
