@@ -98,6 +98,28 @@ def source_merchants(
     return merchants
 
 
+def source_merchant(config: DataConfig, index: int, num_merchants: int) -> Merchant:
+    """Source merchant ``index`` of a federation of ``num_merchants``.
+
+    A simulated node needs only its own merchant: synthetic merchants are built alone
+    (the same as ``source_merchants(config, num_merchants)[index]``), so a federation
+    of ten thousand costs each worker process one merchant at a time. Real data is
+    split as a whole once per process and indexed.
+    """
+    if not 0 <= index < num_merchants:
+        raise ValueError(
+            f"partition-id {index} is outside the {num_merchants} merchants"
+        )
+    if config.data_format == "synthetic":
+        merchant = synthetic.source_merchant(config.seed, index)
+        return Merchant(
+            merchant.merchant_id,
+            merchant.market,
+            leave_one_out(merchant.interactions, merchant.market, seed=config.seed),
+        )
+    return source_merchants(config, num_merchants)[index]
+
+
 @functools.lru_cache(maxsize=8)
 def new_merchants(config: DataConfig) -> list[Merchant]:
     """The held-out new merchants scored during and after a run."""

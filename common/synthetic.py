@@ -13,6 +13,7 @@ together. That is shared across markets, so meta-learning has something to learn
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -110,6 +111,40 @@ def _merchant_log(
     return frame
 
 
+@functools.lru_cache(maxsize=2)
+def _shared_world(seed: int) -> SyntheticWorld:
+    """The world of ``seed``, drawn once per process (treat it as read-only)."""
+    return make_world(seed)
+
+
+def source_merchant(
+    seed: int,
+    index: int,
+    users_per_merchant: int = 60,
+    interactions_per_user: tuple[int, int] = (8, 16),
+) -> SyntheticMerchant:
+    """Established merchant ``index``, built alone.
+
+    Its random stream depends only on ``(seed, index)``, so a simulated node builds
+    its own merchant without materialising the whole federation (which, at ten
+    thousand merchants, would cost every worker process gigabytes and minutes).
+    """
+    if index < 0:
+        raise ValueError(f"source_merchant: index must be >= 0, got {index}")
+    market = MARKETS[index % len(MARKETS)]
+    rng = np.random.default_rng([seed, 1, index])
+    merchant_id = f"merchant-{index:03d}"
+    log = _merchant_log(
+        _shared_world(seed),
+        market,
+        merchant_id,
+        users_per_merchant,
+        interactions_per_user,
+        rng,
+    )
+    return SyntheticMerchant(merchant_id, market, log)
+
+
 def source_merchants(
     seed: int,
     num_merchants: int,
@@ -117,17 +152,10 @@ def source_merchants(
     interactions_per_user: tuple[int, int] = (8, 16),
 ) -> list[SyntheticMerchant]:
     """The established merchants that federate, spread round-robin over the markets."""
-    world = make_world(seed)
-    merchants = []
-    for index in range(num_merchants):
-        market = MARKETS[index % len(MARKETS)]
-        rng = np.random.default_rng([seed, 1, index])
-        merchant_id = f"merchant-{index:03d}"
-        log = _merchant_log(
-            world, market, merchant_id, users_per_merchant, interactions_per_user, rng
-        )
-        merchants.append(SyntheticMerchant(merchant_id, market, log))
-    return merchants
+    return [
+        source_merchant(seed, index, users_per_merchant, interactions_per_user)
+        for index in range(num_merchants)
+    ]
 
 
 def new_merchants(
