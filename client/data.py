@@ -21,7 +21,7 @@ from client import cache
 from common.adapt import MerchantData
 from common.config import DataConfig, ModelConfig, RunConfig
 from common.data import TableColumns
-from common.federation import source_merchants
+from common.federation import source_merchant
 from common.protocol import MarketSplit
 
 logger = logging.getLogger(__name__)
@@ -36,16 +36,13 @@ class LocalMerchant:
     data: MerchantData
 
 
-@functools.lru_cache(maxsize=4)
+# A simulation worker serves any node: keep the merchants it has prepared (about
+# 150 KiB each on the synthetic data) so that a merchant sampled again is not rebuilt.
+@functools.lru_cache(maxsize=256)
 def _simulated(
     data: DataConfig, model: ModelConfig, partition_id: int, num_partitions: int
 ) -> LocalMerchant:
-    merchants = source_merchants(data, num_partitions)
-    if not 0 <= partition_id < len(merchants):
-        raise ValueError(
-            f"partition-id {partition_id} is outside the {len(merchants)} merchants"
-        )
-    merchant = merchants[partition_id]
+    merchant = source_merchant(data, partition_id, num_partitions)
     return LocalMerchant(
         merchant.merchant_id,
         merchant.split,
