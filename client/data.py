@@ -27,6 +27,10 @@ from common.protocol import MarketSplit
 logger = logging.getLogger(__name__)
 
 
+class MerchantDataError(ValueError):
+    """A merchant's data cannot be used; the message starts with the merchant id."""
+
+
 @dataclass(frozen=True)
 class LocalMerchant:
     """This node's merchant: its id, its split and its prepared support data."""
@@ -75,7 +79,11 @@ def load_merchant(context: Context, config: RunConfig) -> LocalMerchant:
     node = context.node_config
     if "data-path" in node:
         merchant_id = str(node.get("merchant-id", f"node-{context.node_id}"))
-        return _deployed(merchant_id, node, config.model, config.seed)
+        try:
+            return _deployed(merchant_id, node, config.model, config.seed)
+        except (OSError, ValueError) as error:  # DataError is a ValueError
+            # The reply's error reaches the server's log: say which merchant it is.
+            raise MerchantDataError(f"merchant {merchant_id}: {error}") from error
     if "partition-id" not in node:
         raise ValueError(
             "node config has neither data-path (deployment) "
