@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -95,6 +96,16 @@ def _merchant_id(content: RecordDict, node_id: int) -> str:
     if record is not None and isinstance(record.get("merchant-id"), str):
         return str(record["merchant-id"])
     return f"node-{node_id}"
+
+
+# A merchant whose data cannot be used raises "merchant <id>: <reason>" (client.data).
+_FAILED_MERCHANT = re.compile(r"merchant ([^\s:'\"]+): ")
+
+
+def _failed_merchant_id(reason: str, node_id: int) -> str:
+    """The merchant an error reply names in its reason, else ``node-<id>``."""
+    match = _FAILED_MERCHANT.search(reason)
+    return match.group(1) if match else f"node-{node_id}"
 
 
 def _decode_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
@@ -234,14 +245,10 @@ class Reptile(FedAvg):
             node_id = reply.metadata.src_node_id
             if reply.has_error():
                 reason = reply.error.reason or f"error code {reply.error.code}"
-                summary.outcomes.append(
-                    ReplyOutcome(f"node-{node_id}", node_id, "failed", reason)
-                )
+                failed = _failed_merchant_id(reason, node_id)
+                summary.outcomes.append(ReplyOutcome(failed, node_id, "failed", reason))
                 logger.warning(
-                    "round %d: merchant node-%s failed: %s",
-                    server_round,
-                    node_id,
-                    reason,
+                    "round %d: merchant %s failed: %s", server_round, failed, reason
                 )
                 continue
             merchant_id = _merchant_id(reply.content, node_id)
