@@ -76,6 +76,65 @@ def _fmt(value: float | None, spec: str = ".3f") -> str:
     return "n/a" if value is None else format(value, spec)
 
 
+def _wait_for_merchants(grid: Grid, minimum: int, timeout: float) -> int:
+    """Wait up to ``timeout`` seconds for ``minimum`` connected merchants.
+
+    A round sent to fewer merchants than its minimum cannot count, so after a restart
+    (of the server or of merchants) the round waits for them instead of failing.
+    """
+    deadline = time.monotonic() + timeout
+    connected = len(list(grid.get_node_ids()))
+    if connected < minimum:
+        logger.info("wait: %d merchants connected, waiting for %d", connected, minimum)
+    while connected < minimum and time.monotonic() < deadline:
+        time.sleep(1.0)
+        connected = len(list(grid.get_node_ids()))
+    return connected
+
+
+def _train_round(
+    grid: Grid,
+    strategy: Reptile,
+    server_round: int,
+    arrays: ArrayRecord,
+    train_config: ConfigRecord,
+    config: RunConfig,
+    retries: int,
+) -> tuple[ArrayRecord | None, RoundSummary]:
+    """Send θ, collect deltas, apply the Reptile step; retry a round that fell short.
+
+    With fewer valid replies than ``min_train_merchants`` the round is sent again, at
+    most ``retries`` times; if it still falls short it is recorded as failed and θ is
+    left unchanged (None is returned).
+    """
+    meta = config.meta
+    for attempt in range(1, retries + 2):
+        _wait_for_merchants(grid, meta.min_train_merchants, meta.round_timeout)
+        replies = grid.send_and_receive(
+            strategy.configure_train(
+                server_round, arrays, ConfigRecord(dict(train_config)), grid
+            ),
+            timeout=meta.round_timeout,
+        )
+        new_arrays, _ = strategy.aggregate_train(server_round, replies)
+        summary = strategy.last_round or RoundSummary(server_round)
+        if new_arrays is not None:
+            return new_arrays, summary
+        if attempt <= retries:
+            logger.warning(
+                "round %d: %d valid replies of %d needed, retrying (attempt %d of %d)",
+                server_round,
+                summary.count("replied"),
+                meta.min_train_merchants,
+                attempt + 1,
+                retries + 1,
+            )
+    logger.warning(
+        "round %d: failed after %d attempts, θ unchanged", server_round, retries + 1
+    )
+    return None, summary
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run (or resume) a federated Reptile training."""
@@ -86,6 +145,7 @@ def main(grid: Grid, context: Context) -> None:
     run_dir = resolve_run_dir(config, context.run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
     codec = str(context.run_config.get("codec", "float32"))
+    retries = int(context.run_config.get("round-retries", 2))
     store = RoundStore(run_dir / "rounds.sqlite")
 
     # Start from the checkpoint of this run directory, if there is one.
@@ -120,20 +180,18 @@ def main(grid: Grid, context: Context) -> None:
             started = time.time()
 
             # Train: send θ, collect deltas, apply the Reptile step.
-            replies = grid.send_and_receive(
-                strategy.configure_train(
-                    server_round, arrays, ConfigRecord(dict(train_config)), grid
-                ),
-                timeout=config.meta.round_timeout,
+            new_arrays, summary = _train_round(
+                grid, strategy, server_round, arrays, train_config, config, retries
             )
-            new_arrays, _ = strategy.aggregate_train(server_round, replies)
-            summary = strategy.last_round or RoundSummary(server_round)
             if new_arrays is not None:
                 arrays = new_arrays
 
             # Persist before anything else can fail: θ first, then the round's facts.
             theta = {name: array.numpy() for name, array in arrays.items()}
-            save_checkpoint(run_dir, Checkpoint(server_round, theta, {"codec": codec}))
+            # The run config travels with θ: a merchant adapting θ later needs the
+            # model's shape and the adaptation budget (client.tools).
+            facts = {"codec": codec, "run-config": dict(context.run_config)}
+            save_checkpoint(run_dir, Checkpoint(server_round, theta, facts))
             store.record_round(_record(summary, started))
 
             # Evaluate the held-out new merchants every few rounds and at the end.
