@@ -190,7 +190,10 @@ def main(grid: Grid, context: Context) -> None:
             theta = {name: array.numpy() for name, array in arrays.items()}
             # The run config travels with θ: a merchant adapting θ later needs the
             # model's shape and the adaptation budget (client.tools).
-            facts = {"codec": codec, "run-config": dict(context.run_config)}
+            facts: dict[str, object] = {
+                "codec": codec,
+                "run-config": dict(context.run_config),
+            }
             save_checkpoint(run_dir, Checkpoint(server_round, theta, facts))
             store.record_round(_record(summary, started))
 
