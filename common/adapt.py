@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,7 +19,14 @@ import torch
 import torch.nn.functional as F
 
 from common.config import AdaptConfig, ModelConfig
-from common.model import PAD, Recommender, build_model, item_buckets, to_numpy
+from common.model import (
+    ITEM_TABLES,
+    PAD,
+    Recommender,
+    build_model,
+    item_buckets,
+    to_numpy,
+)
 
 if TYPE_CHECKING:
     from common.protocol import MarketSplit
@@ -118,12 +125,26 @@ def adapt(
 
     Deterministic for a given seed: minibatches are drawn from a seeded generator, so
     the same merchant in the same round produces the same delta under any engine.
+
+    Only the item-table rows the merchant's catalogue hashes to are trained, on a
+    compact copy of those rows, and written back into θ. This is exact, not an
+    approximation: a row no item of the catalogue hashes to is never looked up, so
+    its gradient is always zero, Adam's moments for it stay zero, and Adam's step
+    lr · m̂ / (√v̂ + ε) leaves it exactly where it was (Kingma and Ba, "Adam",
+    ICLR 2015). Updating those untouched rows anyway was most of Adam's time.
     """
     if data.num_examples == 0:
         raise ValueError("adapt: the merchant has no support interactions")
-    model = build_model(model_config, parameters)
+    rows, local_rows = np.unique(data.catalogue, return_inverse=True)
+    compact = {
+        name: array[rows] if name in ITEM_TABLES else array
+        for name, array in parameters.items()
+    }
+    model = build_model(replace(model_config, num_buckets=len(rows)), compact)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.inner_lr)
-    catalogue = torch.from_numpy(data.catalogue)
+    catalogue = torch.from_numpy(
+        local_rows.reshape(data.catalogue.shape).astype(np.int64)
+    )
     histories = torch.from_numpy(data.histories)
     example_user = torch.from_numpy(data.example_user)
     example_position = torch.from_numpy(data.example_position)
@@ -162,7 +183,14 @@ def adapt(
         loss_before,
         loss_after,
     )
-    return AdaptResult(to_numpy(model), loss_before, loss_after, data.num_examples)
+
+    # Write the adapted rows back into a copy of θ.
+    adapted = to_numpy(model)
+    for name in ITEM_TABLES:
+        table = np.array(parameters[name], dtype=np.float32, copy=True)
+        table[rows] = adapted[name]
+        adapted[name] = table
+    return AdaptResult(adapted, loss_before, loss_after, data.num_examples)
 
 
 @dataclass(frozen=True)

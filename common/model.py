@@ -28,6 +28,8 @@ from torch import nn
 from common.config import ModelConfig
 
 PAD = -1  # marks an empty slot in a padded history
+# θ's arrays indexed by hashed item row (first axis: ``num_buckets`` rows).
+ITEM_TABLES = ("history_items.weight", "target_items.weight", "item_bias.weight")
 
 
 def item_buckets(item_ids: Sequence[str] | np.ndarray, num_buckets: int) -> np.ndarray:
