@@ -15,6 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 from server.store import RoundStore
 
@@ -22,7 +23,8 @@ logger = logging.getLogger(__name__)
 
 
 def _value(row: dict[str, Any], key: str) -> float | None:
-    value = row.get(key)
+    """A round's figure, from its training facts or its evaluation metrics."""
+    value = row.get(key, (row.get("evaluation") or {}).get(key))
     return None if value is None else float(value)
 
 
@@ -49,6 +51,7 @@ def plot_cold_start(rows: list[dict[str, Any]], path: Path) -> bool:
     if alone is not None:
         axes.axhline(alone, color="tab:red", linestyle="--", label="trained alone")
         axes.axhspan(alone - alone_std, alone + alone_std, color="tab:red", alpha=0.15)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("round")
     axes.set_ylabel("NDCG@10 (held-out new merchants)")
     axes.set_title("Cold start: new merchants' test items, 99 sampled negatives")
