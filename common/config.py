@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 Weighting = Literal["examples", "uniform"]
+ALGORITHMS = ("reptile", "fedavg", "fomaml")
 
 
 @dataclass(frozen=True)
@@ -51,11 +52,17 @@ class MetaConfig:
         fine-tuning, and with many merchants the mean of their adapted weights.
     meta_lr_final: meta_lr is annealed linearly from ``meta_lr`` in the first round
         to this value in the last (the schedule of the Reptile paper).
+    algorithm: what a merchant sends back. ``reptile``: θ_i − θ after the inner loop.
+        ``fedavg``: the same delta, for FedAvg runs (meta_lr 1 throughout makes the
+        server step the plain average of the merchants' weights). ``fomaml``:
+        first-order MAML, the negated query-batch gradient at the adapted weights,
+        scaled by inner_lr · inner_steps so that meta_lr means the same step size.
     weighting: ``examples`` weighs each delta by its merchant's number of support
         interactions, ``uniform`` weighs every merchant alike.
     """
 
     num_rounds: int = 20
+    algorithm: str = "reptile"
     meta_lr: float = 1.0
     meta_lr_final: float = 0.1
     weighting: Weighting = "examples"
@@ -67,6 +74,10 @@ class MetaConfig:
         _require_positive(self, "num_rounds", "meta_lr", "round_timeout")
         if self.meta_lr_final < 0:
             raise ValueError(f"meta_lr_final must be >= 0, got {self.meta_lr_final}")
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(
+                f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}"
+            )
         if self.weighting not in ("examples", "uniform"):
             raise ValueError(
                 f"weighting must be 'examples' or 'uniform', got {self.weighting!r}"
@@ -115,6 +126,68 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class DefenceConfig:
+    """Update bounds, robust aggregation, secure aggregation and differential privacy.
+
+    clip_norm: each delta is scaled to an L2 norm of at most this, by the merchant and
+        again by the server (0 turns clipping off).
+    aggregation: ``mean`` (the Reptile weighted mean), ``median`` or ``trimmed-mean``
+        (coordinate-wise, ``trim_fraction`` of the deltas dropped at each end).
+    secure_aggregation: run rounds through SecAgg+ so the server learns only the sum.
+    dp_noise_multiplier: z of the Gaussian noise z·clip_norm on the sum (0 = no DP).
+    dp_delta: the δ for which ε is reported after every round.
+    secagg_max_weight: under secure aggregation a merchant's weight is capped at this.
+    """
+
+    clip_norm: float = 0.0
+    aggregation: str = "mean"
+    trim_fraction: float = 0.2
+    secure_aggregation: bool = False
+    dp_noise_multiplier: float = 0.0
+    dp_delta: float = 1e-5
+    secagg_max_weight: float = 10_000.0
+
+    def __post_init__(self) -> None:
+        if self.clip_norm < 0:
+            raise ValueError(f"clip-norm must be >= 0, got {self.clip_norm}")
+        if self.aggregation not in ("mean", "median", "trimmed-mean"):
+            raise ValueError(
+                "aggregation must be 'mean', 'median' or 'trimmed-mean', "
+                f"got {self.aggregation!r}"
+            )
+        if not 0.0 <= self.trim_fraction < 0.5:
+            raise ValueError(
+                f"trim-fraction must be in [0, 0.5), got {self.trim_fraction}"
+            )
+        if self.dp_noise_multiplier < 0:
+            raise ValueError(
+                f"dp-noise-multiplier must be >= 0, got {self.dp_noise_multiplier}"
+            )
+        if not 0.0 < self.dp_delta < 1.0:
+            raise ValueError(f"dp-delta must be in (0, 1), got {self.dp_delta}")
+        _require_positive(self, "secagg_max_weight")
+        needs_mean = [
+            option
+            for option, on in (
+                ("secure-aggregation", self.secure_aggregation),
+                ("dp-noise-multiplier > 0", self.dp_noise_multiplier > 0),
+            )
+            if on
+        ]
+        if needs_mean and self.aggregation != "mean":
+            raise ValueError(
+                f"{needs_mean[0]} cannot be combined with aggregation = "
+                f"{self.aggregation!r}: secure aggregation hides single deltas and the "
+                "DP noise is calibrated to a sum, so both need aggregation = 'mean'"
+            )
+        if needs_mean and self.clip_norm <= 0:
+            raise ValueError(
+                f"{needs_mean[0]} needs clip-norm > 0: the DP noise and the secure "
+                "aggregation's value range are both set by the clipping bound"
+            )
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything one federated run needs, parsed from the Flower run config."""
 
@@ -123,8 +196,18 @@ class RunConfig:
     meta: MetaConfig = field(default_factory=MetaConfig)
     data: DataConfig = field(default_factory=DataConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
+    defence: DefenceConfig = field(default_factory=DefenceConfig)
     run_dir: str = ""
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        # The DP noise is calibrated to an unweighted sum: a weight per merchant would
+        # let one merchant's delta count for more than the clipping bound.
+        if self.defence.dp_noise_multiplier > 0 and self.meta.weighting != "uniform":
+            raise ValueError(
+                "dp-noise-multiplier > 0 needs weighting = 'uniform', got "
+                f"{self.meta.weighting!r}"
+            )
 
 
 def _require_positive(obj: object, *names: str) -> None:
@@ -136,6 +219,18 @@ def _require_positive(obj: object, *names: str) -> None:
 
 def _split_list(value: Any) -> tuple[str, ...]:
     return tuple(part.strip() for part in str(value).split(",") if part.strip())
+
+
+def _boolean(value: Any) -> bool:
+    """A run-config flag: a TOML boolean, or the words true / false."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
 
 
 def _pick(cls: type, raw: Mapping[str, Any], **converters: Any) -> Any:
@@ -174,12 +269,24 @@ def from_run_config(raw: Mapping[str, Any]) -> RunConfig:
     evaluation = _pick(
         EvalConfig, raw, eval_every=int, adapt_steps=int, adapt_lr=float, eval_seeds=int
     )
+    defence = _pick(
+        DefenceConfig,
+        raw,
+        clip_norm=float,
+        aggregation=str,
+        trim_fraction=float,
+        secure_aggregation=_boolean,
+        dp_noise_multiplier=float,
+        dp_delta=float,
+        secagg_max_weight=float,
+    )
     return RunConfig(
         model=model,
         adapt=adapt,
         meta=meta,
         data=data,
         evaluation=evaluation,
+        defence=defence,
         run_dir=str(raw.get("run-dir", "")),
         seed=int(raw.get("seed", 0)),
     )
