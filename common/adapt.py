@@ -93,7 +93,7 @@ class AdaptResult:
     num_examples: int
 
 
-def _example_loss(
+def example_loss(
     model: Recommender,
     catalogue: torch.Tensor,
     histories: torch.Tensor,
@@ -156,7 +156,7 @@ def adapt(
     def probe_loss() -> float:
         with torch.no_grad():
             return float(
-                _example_loss(
+                example_loss(
                     model,
                     catalogue,
                     histories,
@@ -169,7 +169,7 @@ def adapt(
     batch_size = min(config.batch_size, data.num_examples)
     for _ in range(config.inner_steps):
         batch = torch.randint(data.num_examples, (batch_size,), generator=generator)
-        loss = _example_loss(
+        loss = example_loss(
             model, catalogue, histories, example_user[batch], example_position[batch]
         )
         optimizer.zero_grad(set_to_none=True)
