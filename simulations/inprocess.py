@@ -15,11 +15,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from common.adapt import MerchantData, adapt, round_seed
+from common import codecs
+from common.adapt import AdaptResult, MerchantData, round_seed
+from common.algorithms import merchant_delta
 from common.config import RunConfig
 from common.federation import Merchant
 from common.model import init_parameters
-from common.reptile import compute_delta, delta_weights, meta_lr_at, reptile_update
+from common.reptile import delta_weights, meta_lr_at, reptile_update
 
 logger = logging.getLogger(__name__)
 
@@ -33,17 +35,37 @@ class InProcessResult:
     loss_after: list[float] = field(default_factory=list)
 
 
+def client_update(
+    theta: dict[str, np.ndarray],
+    data: MerchantData,
+    merchant_id: str,
+    config: RunConfig,
+    server_round: int,
+    codec: str = "float32",
+) -> tuple[dict[str, np.ndarray], AdaptResult]:
+    """One merchant's part of a round, as the ClientApp and the strategy compute it:
+    adapt θ with the round's seed, and the delta as the server decodes it after the
+    merchant encoded it with ``codec``."""
+    seed = round_seed(config.seed, server_round, merchant_id)
+    delta, adapted = merchant_delta(
+        config.meta.algorithm, theta, data, config.model, config.adapt, seed
+    )
+    return codecs.round_trip(delta, codec), adapted
+
+
 def run_inprocess(
     config: RunConfig,
     merchants: list[Merchant],
     theta: dict[str, np.ndarray] | None = None,
     on_round: Callable[[int, dict[str, np.ndarray]], None] | None = None,
+    codec: str = "float32",
 ) -> InProcessResult:
     """Run ``config.meta.num_rounds`` Reptile rounds over ``merchants``.
 
     Sampling: with ``fraction_train < 1`` merchants are drawn with the strategy's seeded
     rule over merchant indices; Flower draws over node ids, so only full participation
-    gives the two engines the same merchants in every round.
+    gives the two engines the same merchants in every round. ``codec`` is how
+    merchants encode their deltas (``common.codecs``): its quality cost shows here.
     """
     data = [MerchantData.from_split(m.split, config.model) for m in merchants]
     theta = theta if theta is not None else init_parameters(config.model, config.seed)
@@ -62,10 +84,15 @@ def run_inprocess(
         )
         deltas, examples, before, after = [], [], [], []
         for index in (i for i in order if i in sampled):
-            merchant = merchants[index]
-            seed = round_seed(config.seed, server_round, merchant.merchant_id)
-            adapted = adapt(theta, data[index], config.model, config.adapt, seed)
-            deltas.append(compute_delta(theta, adapted.parameters))
+            delta, adapted = client_update(
+                theta,
+                data[index],
+                merchants[index].merchant_id,
+                config,
+                server_round,
+                codec,
+            )
+            deltas.append(delta)
             examples.append(adapted.num_examples)
             before.append(adapted.loss_before)
             after.append(adapted.loss_after)
