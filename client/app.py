@@ -24,9 +24,11 @@ from flwr.clientapp import ClientApp
 from client.data import load_merchant
 from common import codecs
 from common.adapt import adapt, round_seed
+from common.algorithms import merchant_delta
 from common.config import from_run_config
 from common.evaluation import Budget, score_merchant
-from common.reptile import compute_delta, global_norm
+from common.reptile import global_norm
+from common.robust import clip_by_norm
 
 logger = logging.getLogger("client")
 
@@ -47,14 +49,16 @@ def train(msg: Message, context: Context) -> Message:
     codec = str(sent.get("codec", "float32"))
     theta = {k: v.numpy() for k, v in msg.content.array_records["theta"].items()}
 
-    result = adapt(
+    delta, result = merchant_delta(
+        config.meta.algorithm,
         theta,
         merchant.data,
         config.model,
         config.adapt,
         seed=round_seed(config.seed, server_round, merchant.merchant_id),
     )
-    delta = compute_delta(theta, result.parameters)
+    # Bound the update before it leaves (the server enforces the same bound).
+    delta = clip_by_norm(delta, config.defence.clip_norm).delta
     logger.info(
         "train: merchant %s round %d, %d examples, loss %.4f -> %.4f",
         merchant.merchant_id,

@@ -144,7 +144,7 @@ def read_xmarket(path: str | Path) -> pd.DataFrame:
             f"xmarket: {path}: line {row + 2}: expected {len(header)} fields "
             f"({' '.join(header)}), got fewer: {_line_text(raw.iloc[row])!r}"
         )
-    fields = fields.loc[~blank]
+    fields = fields.loc[np.asarray(~blank, dtype=bool)]
     if fields.empty:
         raise DataError(
             f"xmarket: {path}: expected at least one data row after the header, "
@@ -488,7 +488,9 @@ def _table_reader(path: Path) -> _ColumnReader:
 def _read_csv_columns(path: Path, wanted: list[str], sep: str) -> pd.DataFrame:
     """The named columns of a delimited text file, every value as text or NaN."""
     try:
-        present = list(pd.read_csv(path, sep=sep, nrows=0, encoding="utf-8-sig"))
+        present = [
+            str(c) for c in pd.read_csv(path, sep=sep, nrows=0, encoding="utf-8-sig")
+        ]
         _require_columns(path, wanted, present)
         return pd.read_csv(
             path, sep=sep, usecols=wanted, dtype=str, encoding="utf-8-sig"
