@@ -55,6 +55,8 @@ def _record(summary: RoundSummary, started: float) -> RoundRecord:
         meta_lr=summary.meta_lr,
         bytes_sent=summary.bytes_sent,
         bytes_received=sum(o.bytes_received for o in summary.outcomes),
+        clip_rate=summary.clip_rate,
+        epsilon=summary.epsilon,
         merchants=tuple(
             MerchantOutcome(
                 merchant_id=o.merchant_id,
@@ -167,7 +169,9 @@ def main(grid: Grid, context: Context) -> None:
         started_at=time.time(),
     )
 
-    strategy = Reptile(config.meta, codec=codec, seed=config.seed)
+    strategy = Reptile(
+        config.meta, codec=codec, seed=config.seed, defence=config.defence
+    )
     strategy.summary()
     evaluator = ColdStartEvaluator.for_run(config, context.run_config)
     if evaluator is not None and first_round == 1:

@@ -32,8 +32,10 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from common import codecs
-from common.config import MetaConfig
-from common.reptile import delta_weights, global_norm, meta_lr_at, reptile_update
+from common.config import DefenceConfig, MetaConfig
+from common.privacy import epsilon
+from common.reptile import apply_step, delta_weights, global_norm, meta_lr_at
+from common.robust import defended_step
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +71,8 @@ class RoundSummary:
     meta_lr: float = 0.0
     update_norm: float | None = None
     bytes_sent: int = 0
+    clip_rate: float | None = None  # share of the aggregated deltas clipped
+    epsilon: float | None = None  # DP ε of the run so far, when DP is on
 
     def count(self, status: str) -> int:
         """Number of merchants whose reply ended with ``status``."""
@@ -167,9 +171,17 @@ class Reptile(FedAvg):
         How merchants encode their deltas (``common.codecs``).
     seed : int
         Seeds the sampling of merchants, so a run can be repeated.
+    defence : DefenceConfig, optional
+        Clipping, robust aggregation and DP noise (``common.robust``); none by default.
     """
 
-    def __init__(self, meta: MetaConfig, codec: str = "float32", seed: int = 0) -> None:
+    def __init__(
+        self,
+        meta: MetaConfig,
+        codec: str = "float32",
+        seed: int = 0,
+        defence: DefenceConfig | None = None,
+    ) -> None:
         super().__init__(
             fraction_train=meta.fraction_train,
             fraction_evaluate=0.0,
@@ -182,7 +194,9 @@ class Reptile(FedAvg):
         self.meta = meta
         self.codec = codec
         self.seed = seed
+        self.defence = defence or DefenceConfig()
         self._sent: dict[str, np.ndarray] = {}
+        self._sample_rate = 1.0
         self.last_round: RoundSummary | None = None
 
     def summary(self) -> None:
@@ -198,6 +212,12 @@ class Reptile(FedAvg):
             self.meta.min_train_merchants,
             self.codec,
         )
+        logger.info(
+            "strategy: clip-norm %g, aggregation %s, DP noise multiplier %g",
+            self.defence.clip_norm,
+            self.defence.aggregation,
+            self.defence.dp_noise_multiplier,
+        )
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -210,6 +230,7 @@ class Reptile(FedAvg):
             node_ids, size
         )
         self._sent = {name: array.numpy() for name, array in arrays.items()}
+        self._sample_rate = size / max(len(node_ids), 1)
         config["server-round"] = server_round
         config["codec"] = self.codec
         record = RecordDict(
@@ -311,7 +332,19 @@ class Reptile(FedAvg):
             self.meta.meta_lr_final,
         )
         weights = delta_weights(examples, self.meta.weighting)
-        theta = reptile_update(self._sent, deltas, weights, summary.meta_lr)
+        # Clip each delta, then mean / median / trimmed mean, or the DP noisy mean.
+        step = defended_step(
+            deltas, weights, self.defence, num_sampled=max(summary.sampled, len(deltas))
+        )
+        theta = apply_step(self._sent, step.step, summary.meta_lr)
+        summary.clip_rate = step.clip_rate
+        if self.defence.dp_noise_multiplier > 0:
+            summary.epsilon = epsilon(
+                self.defence.dp_noise_multiplier,
+                self._sample_rate,
+                server_round,
+                self.defence.dp_delta,
+            )
         summary.update_norm = global_norm({k: theta[k] - self._sent[k] for k in theta})
         aggregated = MetricRecord(
             {
