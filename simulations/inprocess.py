@@ -21,9 +21,15 @@ from common.algorithms import merchant_delta
 from common.config import RunConfig
 from common.federation import Merchant
 from common.model import init_parameters
-from common.reptile import delta_weights, meta_lr_at, reptile_update
+from common.reptile import apply_step, delta_weights, meta_lr_at
+from common.robust import clip_by_norm, defended_step
 
 logger = logging.getLogger(__name__)
+
+# What a merchant sends instead of its honest delta: (round, merchant id, θ, delta).
+Tamper = Callable[
+    [int, str, dict[str, np.ndarray], dict[str, np.ndarray]], dict[str, np.ndarray]
+]
 
 
 @dataclass
@@ -50,6 +56,7 @@ def client_update(
     delta, adapted = merchant_delta(
         config.meta.algorithm, theta, data, config.model, config.adapt, seed
     )
+    delta = clip_by_norm(delta, config.defence.clip_norm).delta
     return codecs.round_trip(delta, codec), adapted
 
 
@@ -59,6 +66,7 @@ def run_inprocess(
     theta: dict[str, np.ndarray] | None = None,
     on_round: Callable[[int, dict[str, np.ndarray]], None] | None = None,
     codec: str = "float32",
+    tamper: Tamper | None = None,
 ) -> InProcessResult:
     """Run ``config.meta.num_rounds`` Reptile rounds over ``merchants``.
 
@@ -66,6 +74,12 @@ def run_inprocess(
     rule over merchant indices; Flower draws over node ids, so only full participation
     gives the two engines the same merchants in every round. ``codec`` is how
     merchants encode their deltas (``common.codecs``): its quality cost shows here.
+
+    Defences are the strategy's (``config.defence``): a delta holding NaN or Inf is
+    left out as the server's reply validation leaves it out, then every delta is
+    clipped and aggregated by ``common.robust.defended_step``. ``tamper`` replaces a
+    merchant's delta before it is sent: the hook of the attack benchmark. The DP noise
+    is drawn from a generator seeded by the run's seed, for repeatable simulations.
     """
     data = [MerchantData.from_split(m.split, config.model) for m in merchants]
     theta = theta if theta is not None else init_parameters(config.model, config.seed)
@@ -74,6 +88,7 @@ def run_inprocess(
     order = sorted(
         range(len(merchants)), key=lambda index: merchants[index].merchant_id
     )
+    noise = np.random.default_rng([config.seed, 0xD9])
     for server_round in range(1, meta.num_rounds + 1):
         size = min(
             max(int(len(merchants) * meta.fraction_train), meta.min_train_merchants),
@@ -92,6 +107,15 @@ def run_inprocess(
                 server_round,
                 codec,
             )
+            if tamper is not None:
+                delta = tamper(server_round, merchants[index].merchant_id, theta, delta)
+            if not all(np.isfinite(array).all() for array in delta.values()):
+                logger.warning(
+                    "round %d: rejected the delta of merchant %s: NaN or Inf",
+                    server_round,
+                    merchants[index].merchant_id,
+                )
+                continue
             deltas.append(delta)
             examples.append(adapted.num_examples)
             before.append(adapted.loss_before)
@@ -99,9 +123,22 @@ def run_inprocess(
         meta_lr = meta_lr_at(
             server_round, meta.num_rounds, meta.meta_lr, meta.meta_lr_final
         )
-        theta = reptile_update(
-            theta, deltas, delta_weights(examples, meta.weighting), meta_lr
+        if len(deltas) < max(meta.min_train_merchants, 1):
+            logger.warning(
+                "round %d: %d valid deltas, fewer than the minimum %d: θ unchanged",
+                server_round,
+                len(deltas),
+                meta.min_train_merchants,
+            )
+            continue
+        step = defended_step(
+            deltas,
+            delta_weights(examples, meta.weighting),
+            config.defence,
+            num_sampled=size,
+            rng=noise,
         )
+        theta = apply_step(theta, step.step, meta_lr)
         result.loss_before.append(float(np.average(before, weights=examples)))
         result.loss_after.append(float(np.average(after, weights=examples)))
         logger.info(
