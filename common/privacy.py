@@ -32,7 +32,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
 Arrays = Mapping[str, np.ndarray]
 
@@ -89,6 +88,10 @@ def rdp(noise_multiplier: float, sample_rate: float, rounds: int) -> np.ndarray:
         raise ValueError(f"rdp: noise_multiplier must be > 0, got {noise_multiplier}")
     if not 0.0 < sample_rate <= 1.0:
         raise ValueError(f"rdp: sample_rate must be in (0, 1], got {sample_rate}")
+    # Imported here: Opacus pulls in torch.distributed (seconds), and every merchant's
+    # ClientApp process imports this module for noisy_mean's neighbours, never for ε.
+    from opacus.accountants.analysis.rdp import compute_rdp
+
     return np.asarray(
         compute_rdp(
             q=sample_rate,
@@ -114,6 +117,8 @@ def epsilon(
         return 0.0
     if noise_multiplier <= 0:
         return float("inf")
+    from opacus.accountants.analysis.rdp import get_privacy_spent
+
     value, _ = get_privacy_spent(
         orders=list(ORDERS), rdp=rdp(noise_multiplier, sample_rate, rounds), delta=delta
     )
