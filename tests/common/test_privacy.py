@@ -69,9 +69,7 @@ def test_noise_stddev_and_bad_inputs() -> None:
 
 def test_dp_needs_uniform_weighting() -> None:
     # Execute / Assert: weights would let one merchant exceed the clipping bound.
+    dp = DefenceConfig(clip_norm=1.0, aggregation="mean", dp_noise_multiplier=1.0)
     with pytest.raises(ValueError, match="weighting = 'uniform'"):
-        RunConfig(defence=DefenceConfig(clip_norm=1.0, dp_noise_multiplier=1.0))
-    RunConfig(
-        meta=MetaConfig(weighting="uniform"),
-        defence=DefenceConfig(clip_norm=1.0, dp_noise_multiplier=1.0),
-    )
+        RunConfig(defence=dp)
+    RunConfig(meta=MetaConfig(weighting="uniform"), defence=dp)

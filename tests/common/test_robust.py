@@ -108,7 +108,7 @@ def test_defended_step_clips_before_averaging_and_counts_the_clipped() -> None:
         {"w": np.array([0.0, 1.0], np.float32)},
         {"w": np.array([0.0, -100.0], np.float32)},
     ]
-    defence = DefenceConfig(clip_norm=2.0)
+    defence = DefenceConfig(clip_norm=2.0, aggregation="mean")
 
     # Execute
     result = defended_step(deltas, [1.0, 1.0, 1.0], defence, num_sampled=3)
@@ -124,7 +124,7 @@ def test_defended_step_with_dp_adds_noise_of_the_calibrated_size() -> None:
     # Prepare: zero deltas, so the step is the noise alone: N(0, (z·C)²) / m.
     size = 20_000
     deltas = [{"w": np.zeros(size, np.float32)} for _ in range(4)]
-    defence = DefenceConfig(clip_norm=2.0, dp_noise_multiplier=1.5)
+    defence = DefenceConfig(clip_norm=2.0, aggregation="mean", dp_noise_multiplier=1.5)
 
     # Execute
     result = defended_step(
@@ -144,4 +144,4 @@ def test_options_that_cannot_be_combined_are_refused() -> None:
             clip_norm=1.0, dp_noise_multiplier=1.0, aggregation="trimmed-mean"
         )
     with pytest.raises(ValueError, match="needs clip-norm > 0"):
-        DefenceConfig(clip_norm=0.0, secure_aggregation=True)
+        DefenceConfig(clip_norm=0.0, aggregation="mean", secure_aggregation=True)
