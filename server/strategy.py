@@ -145,8 +145,11 @@ def validate_reply(
         if not isinstance(value, int | float) or not np.isfinite(value):
             raise ReplyError(f"metric {key!r} is not a finite number: {value!r}")
         metrics[key] = float(value)
-    if metrics[WEIGHT_KEY] <= 0:
-        raise ReplyError(f"{WEIGHT_KEY} must be > 0, got {metrics[WEIGHT_KEY]}")
+    # A count: a fraction would be truncated to a weight of 0 in the mean.
+    if metrics[WEIGHT_KEY] <= 0 or not metrics[WEIGHT_KEY].is_integer():
+        raise ReplyError(
+            f"{WEIGHT_KEY} must be a whole number > 0, got {metrics[WEIGHT_KEY]}"
+        )
 
     try:
         delta = codecs.decode(
