@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,12 +69,21 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint | None:
     path = Path(run_dir) / CHECKPOINT_NAME
     if not path.exists():
         return None
+    # An empty, truncated or bit-flipped file fails in numpy or in zipfile, and a
+    # plain .npy loads as one array (no context manager): all are unreadable.
     try:
         with np.load(path, allow_pickle=False) as content:
             arrays = {name: content[name] for name in content.files}
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, EOFError, TypeError, zipfile.BadZipFile) as error:
         raise ValueError(f"checkpoint {path} cannot be read: {error}") from error
     if _META_KEY not in arrays:
         raise ValueError(f"checkpoint {path} has no {_META_KEY} entry")
-    meta = json.loads(arrays.pop(_META_KEY).tobytes().decode())
-    return Checkpoint(int(meta.pop("server_round")), arrays, meta)
+    try:
+        meta = json.loads(arrays.pop(_META_KEY).tobytes().decode())
+        server_round = int(meta.pop("server_round"))
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ValueError(
+            f"checkpoint {path}: {_META_KEY} should be a JSON object with a "
+            f"server_round: {error!r}"
+        ) from error
+    return Checkpoint(server_round, arrays, meta)
