@@ -22,6 +22,7 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 
 from client.data import load_merchant
+from client.secagg import secure_aggregation_mod
 from common import codecs
 from common.adapt import adapt, round_seed
 from common.algorithms import merchant_delta
@@ -36,7 +37,8 @@ logger = logging.getLogger("client")
 # and keeps results identical whichever engine runs them.
 torch.set_num_threads(1)
 
-app = ClientApp()
+# Secure-aggregation rounds go through SecAgg+ around the same train handler.
+app = ClientApp(mods=[secure_aggregation_mod])
 
 
 @app.train()

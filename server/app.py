@@ -20,6 +20,7 @@ from common.model import init_parameters
 from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from server.evaluation import ColdStartEvaluator
 from server.report import write_report
+from server.secagg import SecureReptile
 from server.store import MerchantOutcome, RoundRecord, RoundStore
 from server.strategy import Reptile, RoundSummary
 
@@ -96,7 +97,7 @@ def _wait_for_merchants(grid: Grid, minimum: int, timeout: float) -> int:
 
 def _train_round(
     grid: Grid,
-    strategy: Reptile,
+    strategy: Reptile | SecureReptile,
     server_round: int,
     arrays: ArrayRecord,
     train_config: ConfigRecord,
@@ -112,13 +113,22 @@ def _train_round(
     meta = config.meta
     for attempt in range(1, retries + 2):
         _wait_for_merchants(grid, meta.min_train_merchants, meta.round_timeout)
-        replies = grid.send_and_receive(
-            strategy.configure_train(
-                server_round, arrays, ConfigRecord(dict(train_config)), grid
-            ),
-            timeout=meta.round_timeout,
-        )
-        new_arrays, _ = strategy.aggregate_train(server_round, replies)
+        if isinstance(strategy, SecureReptile):  # four SecAgg+ exchanges, one step
+            new_arrays = strategy.train_round(
+                grid,
+                server_round,
+                arrays,
+                ConfigRecord(dict(train_config)),
+                timeout=meta.round_timeout,
+            )
+        else:
+            replies = grid.send_and_receive(
+                strategy.configure_train(
+                    server_round, arrays, ConfigRecord(dict(train_config)), grid
+                ),
+                timeout=meta.round_timeout,
+            )
+            new_arrays, _ = strategy.aggregate_train(server_round, replies)
         summary = strategy.last_round or RoundSummary(server_round)
         if new_arrays is not None:
             return new_arrays, summary
@@ -169,9 +179,13 @@ def main(grid: Grid, context: Context) -> None:
         started_at=time.time(),
     )
 
-    strategy = Reptile(
-        config.meta, codec=codec, seed=config.seed, defence=config.defence
-    )
+    strategy: Reptile | SecureReptile
+    if config.defence.secure_aggregation:
+        strategy = SecureReptile(config.meta, config.defence, context, config.seed)
+    else:
+        strategy = Reptile(
+            config.meta, codec=codec, seed=config.seed, defence=config.defence
+        )
     strategy.summary()
     evaluator = ColdStartEvaluator.for_run(config, context.run_config)
     if evaluator is not None and first_round == 1:
