@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,13 +73,17 @@ def stop_local_superlink(env: dict[str, str]) -> None:
                 os.kill(int(entry.name), signal.SIGTERM)
 
 
-def quote(value: str) -> str:
-    """A string value for ``--run-config``."""
-    return "'" + value.replace("'", "") + "'"
+def render(value: str | int | float | bool) -> str:
+    """A value for ``--run-config`` (TOML: quoted strings, lower-case booleans)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return "'" + value.replace("'", "") + "'"
+    return str(value)
 
 
 def run_flower(
-    run_config: dict[str, str | int | float],
+    run_config: Mapping[str, str | int | float | bool],
     num_merchants: int,
     verbose: bool = False,
     timeout: float = 3600.0,
@@ -88,10 +92,7 @@ def run_flower(
     """``flwr run .`` with ``run_config``; returns the command's exit code."""
     home = flwr_home or Path(tempfile.mkdtemp(prefix="merchant-meta-flwr-"))
     env = flower_environment(home)
-    overrides = " ".join(
-        f"{key}={quote(value) if isinstance(value, str) else value}"
-        for key, value in run_config.items()
-    )
+    overrides = " ".join(f"{key}={render(value)}" for key, value in run_config.items())
     command = [
         str(Path(sys.executable).with_name("flwr")),
         "run",
