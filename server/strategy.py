@@ -340,6 +340,14 @@ class Reptile(FedAvg):
             deltas, weights, self.defence, num_sampled=max(summary.sampled, len(deltas))
         )
         theta = apply_step(self._sent, step.step, summary.meta_lr)
+        if not all(np.isfinite(value).all() for value in theta.values()):
+            # Finite but huge deltas can overflow float32 when nothing bounds them.
+            logger.warning(
+                "round %d: step would make θ non-finite (clip-norm %g), θ unchanged",
+                server_round,
+                self.defence.clip_norm,
+            )
+            return None, None
         summary.clip_rate = step.clip_rate
         if self.defence.dp_noise_multiplier > 0:
             summary.epsilon = epsilon(
