@@ -106,10 +106,15 @@ def _merchant_id(content: RecordDict, node_id: int) -> str:
 _FAILED_MERCHANT = re.compile(r"merchant ([^\s:'\"]+): ")
 
 
-def _failed_merchant_id(reason: str, node_id: int) -> str:
-    """The merchant an error reply names in its reason, else ``node-<id>``."""
+def _failed_merchant_id(
+    reason: str, node_id: int, known: dict[int, str] | None = None
+) -> str:
+    """The merchant an error reply names in its reason, else the name the node
+    replied with before (``known``), else ``node-<id>``."""
     match = _FAILED_MERCHANT.search(reason)
-    return match.group(1) if match else f"node-{node_id}"
+    if match:
+        return match.group(1)
+    return (known or {}).get(node_id, f"node-{node_id}")
 
 
 def _decode_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
@@ -201,6 +206,10 @@ class Reptile(FedAvg):
         self._sent: dict[str, np.ndarray] = {}
         self._sample_rate = 1.0
         self.last_round: RoundSummary | None = None
+        # The round's messages (a failed one is traced to the merchant it went to) and
+        # the merchant id each node replied with, to name a node that fails later.
+        self._messages: list[Message] = []
+        self._known: dict[int, str] = {}
 
     def summary(self) -> None:
         """Log the strategy's settings."""
@@ -244,10 +253,11 @@ class Reptile(FedAvg):
             sampled=len(sampled),
             bytes_sent=arrays.count_bytes() * len(sampled),
         )
-        return [
+        self._messages = [
             Message(content=record, message_type=MessageType.TRAIN, dst_node_id=node_id)
             for node_id in sampled
         ]
+        return self._messages
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -265,17 +275,26 @@ class Reptile(FedAvg):
                 else ""
             ),
         )
+        # The SuperLink answers for a merchant gone offline: its error reply comes
+        # from the SuperLink, so trace it to the merchant the message was sent to.
+        destinations = {
+            m.metadata.message_id: m.metadata.dst_node_id
+            for m in self._messages
+            if m.metadata.message_id
+        }
         for reply in replies:
             node_id = reply.metadata.src_node_id
             if reply.has_error():
+                node_id = destinations.get(reply.metadata.reply_to_message_id, node_id)
                 reason = reply.error.reason or f"error code {reply.error.code}"
-                failed = _failed_merchant_id(reason, node_id)
+                failed = _failed_merchant_id(reason, node_id, self._known)
                 summary.outcomes.append(ReplyOutcome(failed, node_id, "failed", reason))
                 logger.warning(
                     "round %d: merchant %s failed: %s", server_round, failed, reason
                 )
                 continue
             merchant_id = _merchant_id(reply.content, node_id)
+            self._known[node_id] = merchant_id
             received = sum(
                 record.count_bytes() for record in reply.content.array_records.values()
             )
@@ -313,9 +332,13 @@ class Reptile(FedAvg):
                 )
             )
         # Sampled merchants that sent nothing before the timeout failed too.
-        for _ in range(summary.sampled - len(replies)):
+        answered = {reply.metadata.reply_to_message_id for reply in replies}
+        silent = [n for i, n in destinations.items() if i not in answered]
+        for index in range(summary.sampled - len(replies)):
+            node = silent[index] if index < len(silent) else -1
+            name = self._known.get(node, f"node-{node}") if node >= 0 else "unknown"
             summary.outcomes.append(
-                ReplyOutcome("unknown", -1, "failed", "no reply before timeout")
+                ReplyOutcome(name, node, "failed", "no reply before timeout")
             )
         self.last_round = summary
 
