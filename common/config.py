@@ -22,14 +22,20 @@ class ModelConfig:
     embedding_dim: width of the item vectors.
     num_buckets: rows of each hashed item table; a product id is hashed to two rows.
     max_history: a user is represented by at most this many latest items.
+    recency: the k-th latest item of a history weighs recency^k in the user's taste
+        vector (1.0: a plain mean). Held-out items are each user's latest, so recent
+        taste predicts them best; 0.8 was chosen on XMarket validation items.
     """
 
     embedding_dim: int = 32
     num_buckets: int = 4096
     max_history: int = 50
+    recency: float = 0.8
 
     def __post_init__(self) -> None:
         _require_positive(self, "embedding_dim", "num_buckets", "max_history")
+        if not 0.0 < self.recency <= 1.0:
+            raise ValueError(f"recency must be in (0, 1], got {self.recency}")
 
 
 @dataclass(frozen=True)
@@ -253,7 +259,14 @@ def _pick(cls: type, raw: Mapping[str, Any], **converters: Any) -> Any:
 
 def from_run_config(raw: Mapping[str, Any]) -> RunConfig:
     """Parse a Flower run config (kebab-case keys) into a :class:`RunConfig`."""
-    model = _pick(ModelConfig, raw, embedding_dim=int, num_buckets=int, max_history=int)
+    model = _pick(
+        ModelConfig,
+        raw,
+        embedding_dim=int,
+        num_buckets=int,
+        max_history=int,
+        recency=float,
+    )
     adapt = _pick(AdaptConfig, raw, inner_steps=int, inner_lr=float, batch_size=int)
     meta = _pick(
         MetaConfig,

@@ -12,8 +12,11 @@ everywhere, which is what links the markets, and no merchant has to publish its
 catalogue to agree on an item vocabulary. Two products share both rows with
 probability about 1 / num_buckets², so collisions are rare and harmless.
 
-    user vector   u = W · mean_{j ∈ history} q_j + c          q_j = Q[h1(j)] + Q[h2(j)]
-    score         s(u, i) = u · p_i + b_i                      p_i = P[h1(i)] + P[h2(i)]
+    item vectors  q_j = Q[h1(j)] + Q[h2(j)],   p_i = P[h1(i)] + P[h2(i)]
+    user vector   u = W · Σ_j r^age(j) q_j / Σ_j r^age(j) + c
+    score         s(u, i) = u · p_i + b_i
+
+where age(j) counts the user's items after j and r is ``ModelConfig.recency``.
 """
 
 from __future__ import annotations
@@ -76,12 +79,16 @@ class Recommender(nn.Module):
     ) -> torch.Tensor:
         """Taste vectors ``(N, d)`` from histories ``(N, L, 2)`` and a ``(N, L)`` mask.
 
-        A user with an empty history gets ``c``, the learned average taste.
+        A visible item followed by ``age`` later visible items weighs
+        ``recency ** age``. A user with an empty history gets ``c``, the learned
+        average taste.
         """
         items = self.history_items(history_buckets).sum(dim=-2)  # (N, L, d)
-        weights = mask.to(items.dtype)
-        count = weights.sum(dim=1, keepdim=True).clamp(min=1.0)  # (N, 1)
-        mean = (items * weights.unsqueeze(-1)).sum(dim=1) / count  # (N, d)
+        visible = mask.to(items.dtype)  # (N, L)
+        age = visible.flip(1).cumsum(1).flip(1) - visible  # later visible items
+        weights = visible * self.config.recency**age
+        total = weights.sum(dim=1, keepdim=True).clamp(min=1e-12)  # (N, 1)
+        mean = (items * weights.unsqueeze(-1)).sum(dim=1) / total  # (N, d)
         return self.user_transform(mean)
 
     def forward(

@@ -146,7 +146,7 @@ def test_build_model_rejects_parameters_that_do_not_fit(change, named: str) -> N
 def _tiny_model() -> Recommender:
     """One-dimensional model with two rows, set by hand:
     Q = [1, 2], P = [1, -1], b = [0.25, 0], W = 2, c = 0.5."""
-    config = ModelConfig(embedding_dim=1, num_buckets=2, max_history=2)
+    config = ModelConfig(embedding_dim=1, num_buckets=2, max_history=2, recency=0.5)
     return build_model(
         config,
         {
@@ -161,10 +161,12 @@ def _tiny_model() -> Recommender:
 
 def test_scores_match_the_hand_computed_formula() -> None:
     # Prepare: history items with rows (0, 1) and (1, 1):
-    #   q = Q0 + Q1 = 3 and Q1 + Q1 = 4; mean 3.5; u = 2·3.5 + 0.5 = 7.5
-    #   candidate rows (0, 0): p = 2, bias 0.5 -> 7.5·2 + 0.5 = 15.5
+    #   q = Q0 + Q1 = 3 and Q1 + Q1 = 4; the older item weighs recency¹ = 0.5:
+    #   mean (0.5·3 + 4) / 1.5 = 11/3; u = 2·11/3 + 0.5 = 47/6
+    #   candidate rows (0, 0): p = 2, bias 0.5 -> 47/3 + 0.5 = 97/6
     #   candidate rows (1, 0): p = 0, bias 0.25 -> 0.25
-    #   the second history item masked: mean 3, u = 6.5 -> 13.5 and 0.25
+    #   the second history item masked: the first is the latest (weight 1):
+    #   mean 3, u = 6.5 -> 13.5 and 0.25
     model = _tiny_model()
     history = torch.tensor([[[0, 1], [1, 1]], [[0, 1], [1, 1]]])
     mask = torch.tensor([[True, True], [True, False]])
@@ -176,7 +178,7 @@ def test_scores_match_the_hand_computed_formula() -> None:
         per_user = model(history, mask, catalogue.expand(2, 2, 2))
 
     # Assert
-    expected = [[15.5, 0.25], [13.5, 0.25]]
+    expected = [[97 / 6, 0.25], [13.5, 0.25]]
     np.testing.assert_allclose(shared.numpy(), expected, rtol=0, atol=1e-6)
     np.testing.assert_allclose(per_user.numpy(), expected, rtol=0, atol=1e-6)
 
