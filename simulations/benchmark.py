@@ -33,7 +33,14 @@ from tqdm import tqdm
 from common import baselines
 from common.adapt import MerchantData, score_held_out
 from common.algorithms import train_pooled
-from common.config import AdaptConfig, DataConfig, MetaConfig, ModelConfig, RunConfig
+from common.config import (
+    AdaptConfig,
+    DataConfig,
+    DefenceConfig,
+    MetaConfig,
+    ModelConfig,
+    RunConfig,
+)
 from common.data import TableColumns, load_interactions
 from common.evaluation import Budget, adapted_parameters
 from common.federation import source_merchants
@@ -211,6 +218,9 @@ def run_config_for(
             min_train_merchants=1,
         ),
         data=replace(data, seed=seed),
+        # The textbook algorithms: plain weighted mean, no clipping. The defences are
+        # measured on their own by simulations.attacks.
+        defence=DefenceConfig(clip_norm=0.0, aggregation="mean"),
         seed=seed,
     )
 
@@ -248,7 +258,10 @@ def train_federated(
         "embedding-dim": config.model.embedding_dim,
         "num-buckets": config.model.num_buckets,
         "max-history": config.model.max_history,
+        "recency": config.model.recency,
         "server-eval": False,
+        "clip-norm": config.defence.clip_norm,
+        "aggregation": config.defence.aggregation,
         "codec": codec,
     }
     code = run_flower(run_config, len(merchants))
@@ -614,7 +627,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--report", default=None, help="directory for the Markdown report and plots"
     )
     parser.add_argument("--quick", action="store_true", help="a reduced run for CI")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="combine the JSON of runs over disjoint targets (run in parallel) into "
+        "--out and --report, and run nothing",
+    )
     return parser.parse_args(argv)
+
+
+def merge_documents(paths: Sequence[str]) -> dict[str, object]:
+    """One benchmark document from several over disjoint targets."""
+    documents = [json.loads(Path(path).read_text()) for path in paths]
+    merged: dict[str, object] = {
+        "command": " ; ".join(d["command"] for d in documents),
+        "seconds": max(d["seconds"] for d in documents),
+        "settings": documents[0]["settings"],
+        "chosen": [c for d in documents for c in d["chosen"]],
+        "steps_curve": {k: v for d in documents for k, v in d["steps_curve"].items()},
+        "results": [r for d in documents for r in d["results"]],
+        "comparisons": [c for d in documents for c in d["comparisons"]],
+    }
+    return merged
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -624,6 +660,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logger.setLevel(logging.INFO)
     args = parse_args(argv)
+    if args.merge:
+        document = merge_documents(args.merge)
+        write_outputs(document, args.out, args.report)
+        merged = {"results": document["results"]}
+        for metric in METRICS:
+            print(print_table(merged, metric))  # type: ignore[arg-type]
+            print()
+        return 0
     torch.set_num_threads(1)
     settings = QUICK if args.quick else FULL
     if args.merchants_per_market is not None:
@@ -747,16 +791,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         **summary,
     }
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(document, indent=1))
-        logger.info("benchmark: results written to %s", args.out)
-    if args.report:
+    write_outputs(document, args.out, args.report)
+    return 0
+
+
+def write_outputs(
+    document: dict[str, object], out: str | None, report: str | None
+) -> None:
+    """Write the JSON document and the Markdown report, where asked."""
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(document, indent=1))
+        logger.info("benchmark: results written to %s", out)
+    if report:
         from simulations.benchmark_report import write_benchmark_report
 
-        path = write_benchmark_report(document, Path(args.report))
+        path = write_benchmark_report(document, Path(report))
         logger.info("benchmark: report written to %s", path)
-    return 0
 
 
 if __name__ == "__main__":
