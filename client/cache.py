@@ -14,6 +14,11 @@ seed, the model's ``num_buckets`` and ``max_history``, and the cache layout vers
 Writing a new file (even with an editor that replaces it) changes at least one of
 these, so the next round reads the new data without restarting anything.
 
+A source modified less than ``RACY_SECONDS`` before it is read is served but not
+cached: a file rewritten again within the same timestamp tick (coarse on some
+filesystems) with the same size could otherwise keep a stale entry (git's "racy"
+index entries are the same problem).
+
 Entries are written to a temporary file and renamed into place, so a process killed
 mid-write never leaves a half-written entry; an entry that cannot be read anyway is
 rebuilt, never trusted. Nothing here leaves the merchant's machine.
@@ -40,6 +45,7 @@ from common.protocol import MarketSplit, leave_one_out
 logger = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
+RACY_SECONDS = 2.0
 _META_KEY = "__meta__"
 
 
@@ -73,7 +79,7 @@ class Prepared:
     seconds: float
 
 
-def fingerprint(path: str | Path) -> list[list[object]]:
+def fingerprint(path: str | Path) -> list[tuple[str, int, int, int]]:
     """What identifies the current content of a file, or of every file of a folder."""
     root = Path(path).expanduser()
     if not root.exists():
@@ -81,16 +87,20 @@ def fingerprint(path: str | Path) -> list[list[object]]:
     files = (
         sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
     )
-    stamps: list[list[object]] = []
+    stamps: list[tuple[str, int, int, int]] = []
     for file in files:
         status = file.stat()
-        stamps.append([str(file), status.st_size, status.st_mtime_ns, status.st_ino])
+        stamps.append((str(file), status.st_size, status.st_mtime_ns, status.st_ino))
     return stamps
 
 
-def cache_key(source: Source, model: ModelConfig, seed: int) -> tuple[str, str]:
-    """``(entry name, content digest)``: one name per source, one digest per state."""
+def cache_key(
+    source: Source, model: ModelConfig, seed: int
+) -> tuple[str, str, list[tuple[str, int, int, int]]]:
+    """``(entry name, state digest, file stamps)``: one name per source, one digest
+    per state of its files and of the settings that shape the entry."""
     resolved = str(Path(source.path).expanduser().resolve())
+    files = fingerprint(resolved)
     identity = {
         "path": resolved,
         "format": source.data_format,
@@ -100,14 +110,14 @@ def cache_key(source: Source, model: ModelConfig, seed: int) -> tuple[str, str]:
     state = {
         **identity,
         "version": CACHE_VERSION,
-        "files": fingerprint(resolved),
+        "files": files,
         "seed": seed,
         "num_buckets": model.num_buckets,
         "max_history": model.max_history,
     }
     name = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     digest = hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
-    return name[:32], digest
+    return name[:32], digest, files
 
 
 def _choose_market(source: Source, markets: list[str]) -> str:
@@ -246,7 +256,7 @@ def load_prepared(
     """
     started = time.perf_counter()
     directory = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    name, digest = cache_key(source, model, seed)
+    name, digest, files = cache_key(source, model, seed)
     path = directory / f"{name}.npz"
 
     cached = _read_entry(path, digest)
@@ -257,6 +267,10 @@ def load_prepared(
         return Prepared(split, data, cache_hit=True, seconds=seconds)
 
     split, data = build(source, model, seed)
+    newest = max((stamp[2] / 1e9 for stamp in files), default=0.0)
+    if time.time() - newest < RACY_SECONDS:
+        logger.info("cache: %s changed just now; serving it uncached", source.path)
+        return Prepared(split, data, False, time.perf_counter() - started)
     try:
         _write_entry(path, _to_arrays(split, data, digest))
     except OSError as error:
