@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from common.adam import Adam
 from common.config import AdaptConfig, ModelConfig
 from common.model import (
     ITEM_TABLES,
@@ -146,7 +147,7 @@ def adapt(
         for name, array in parameters.items()
     }
     model = build_model(replace(model_config, num_buckets=len(rows)), compact)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.inner_lr)
+    optimizer = Adam(model.parameters(), lr=config.inner_lr)  # torch.optim's, bitwise
     catalogue = torch.from_numpy(
         local_rows.reshape(data.catalogue.shape).astype(np.int64)
     )
