@@ -358,14 +358,13 @@ def _plain_merchant(run_config: tuple[tuple[str, Any], ...], index: int, n: int)
 
 
 def _plain_worker_start() -> None:
-    """Import what a round needs and make torch.optim's one-time import, so that the
-    timed rounds hold the work (a Ray worker pays these once too)."""
+    """Import what a round needs before the timed rounds (a Ray worker's imports
+    happen before its first message's work too, though inside round 1)."""
     import torch
 
     import simulations.inprocess  # noqa: F401
 
     torch.set_num_threads(1)  # as a Ray worker running the ClientApp
-    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
 
 
 def _plain_worker_pid(_: int) -> int:
@@ -717,8 +716,8 @@ def _adaptation_probe(repeats: int, queue: Any) -> None:
 def adaptation_cost(repeats: int = 6) -> dict[str, Any]:
     """A new merchant's adaptation on one core, measured in a fresh process.
 
-    The first adaptation of a process also pays one-time costs (torch.optim's first
-    use imports torch._dynamo); the median of the later ones is the steady cost.
+    The first adaptation of a process also pays one-time costs (lazy
+    initialisation inside torch); the median of the later ones is the steady cost.
     """
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
