@@ -8,6 +8,7 @@ need.
     merchant-meta monitor RUN_DIR [--port P]   live dashboard (server.monitor)
     merchant-meta status RUN_DIR               terminal summary (server.monitor)
     merchant-meta adapt ... / recommend ...    a merchant's own model (client.tools)
+    merchant-meta superlink / supernode ...    start Flower, TLS + auth (*.launch)
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("server.monitor", "status_command"),
     "adapt": ("client.tools", "adapt_command"),
     "recommend": ("client.tools", "recommend_command"),
+    "superlink": ("server.launch", "superlink_command"),
+    "supernode": ("client.launch", "supernode_command"),
 }
 
 
