@@ -30,7 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from client.launch import flower_executable, node_config_text, supernode_argv
 from server import certs
+from server.launch import superlink_argv
 from simulations.simulate import free_port
 
 logger = logging.getLogger(__name__)
@@ -188,33 +190,11 @@ class LocalDeployment:
         return files[0].path, files[1].path
 
     def start_superlink(self, insecure: bool = False) -> Process:
-        """The SuperLink with TLS, merchant authentication and a state database."""
-        command = [
-            str(BIN / "flower-superlink"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--database",
-            str(self.database),
-            "--disable-runtime-dependency-installation",
-        ]
-        if insecure:
-            logger.warning(
-                "superlink: starting in PLAINTEXT without merchant authentication, "
-                "as explicitly requested (insecure=True)"
-            )
-            command.append("--insecure")
-        else:
-            command += [
-                "--ssl-ca-certfile",
-                str(self.certs / certs.CA_CERT),
-                "--ssl-certfile",
-                str(self.certs / certs.SERVER_CERT),
-                "--ssl-keyfile",
-                str(self.certs / certs.SERVER_KEY),
-                "--enable-supernode-auth",
-            ]
+        """The SuperLink with TLS, merchant authentication and a state database:
+        the command ``merchant-meta superlink`` runs."""
+        command = superlink_argv(
+            self.certs, self.database, "127.0.0.1", self.port, insecure
+        )
         process = self.start("superlink", command, self.root / "superlink")
         self._write_connection(insecure)
         return process
@@ -315,26 +295,24 @@ class LocalDeployment:
         """A merchant's SuperNode: TLS, its key, its data path and id in node_config."""
         home = self.root / "merchants" / name
         config = {"merchant-id": name, "cache-dir": str(home / "cache"), **node_config}
-        command = [
-            str(BIN / "flower-supernode"),
-            "--superlink",
-            self.address,
-            "--port",
-            str(free_port()),
-            "--node-config",
-            " ".join(f"{k}='{v}'" for k, v in config.items()),
-        ]
-        if insecure:
-            logger.warning(
-                "merchant %s: starting in PLAINTEXT, as explicitly requested "
-                "(insecure=True)",
-                name,
-            )
-            command.append("--insecure")
+        ca = self.certs / certs.CA_CERT
+        if key is None and not insecure:
+            # TLS without a key: a merchant trying to join unauthenticated.
+            command = [
+                flower_executable("flower-supernode"),
+                "--superlink",
+                self.address,
+                "--port",
+                str(free_port()),
+                "--node-config",
+                node_config_text(config),
+                "--root-certificates",
+                str(ca),
+            ]
         else:
-            command += ["--root-certificates", str(self.certs / certs.CA_CERT)]
-        if key is not None:
-            command += ["--auth-supernode-private-key", str(key)]
+            command = supernode_argv(
+                self.address, config, ca, key, port=free_port(), insecure=insecure
+            )
         return self.start(f"merchant-{name}", command + (extra or []), home / "flwr")
 
     def wait_online(self, names: list[str], timeout: float) -> dict[str, float]:
