@@ -116,31 +116,71 @@ def _memory_kib(pid: int) -> tuple[int, int]:
     return rss, pss
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and of the children it has waited for."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()
+        # utime, stime, cutime, cstime: fields 14 to 17 of proc(5), after the name.
+        return sum(int(value) for value in fields[11:15]) / CLOCK_TICKS
+    return 0.0
+
+
 @dataclass
 class TreeMemory:
-    """Peak summed RSS and PSS of the processes under some roots, sampled."""
+    """The processes under some roots, sampled: peak summed RSS and PSS, and the
+    CPU seconds they have used over time.
+
+    CPU time is what the work and the framework cost whatever else the machine
+    runs: on a shared machine wall time also holds the waits for other people's
+    processes. The sampler's own CPU time is left out when it runs inside the tree.
+    """
 
     roots: Callable[[], list[int]]
     every: float = 0.5
     peak_rss_kib: int = 0
     peak_pss_kib: int = 0
     peak_processes: int = 0
+    cpu_series: list[tuple[float, float]] = field(default_factory=list)
+    _own_cpu: float = 0.0
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
     def sample(self) -> None:
-        """Measure the tree once and keep the peaks."""
+        """Measure the tree once and keep the peaks and the CPU time so far."""
+        started = time.thread_time()
         pids = _descendants(self.roots())
         totals = [_memory_kib(pid) for pid in pids]
         self.peak_rss_kib = max(self.peak_rss_kib, sum(rss for rss, _ in totals))
         self.peak_pss_kib = max(self.peak_pss_kib, sum(pss for _, pss in totals))
         self.peak_processes = max(self.peak_processes, len(pids))
+        cpu = sum(_cpu_seconds(pid) for pid in pids)
+        if os.getpid() in pids:
+            cpu -= self._own_cpu
+        self.cpu_series.append((time.time(), cpu))
+        self._own_cpu += time.thread_time() - started
+
+    def cpu_between(self, start: float, end: float) -> float:
+        """CPU seconds the tree used between two ``time.time()`` instants.
+
+        A process that exits without a parent in the tree waiting for it takes its
+        CPU time out of the sum, so the series is made non-decreasing first.
+        """
+        if len(self.cpu_series) < 2:
+            return float("nan")
+        times = np.array([t for t, _ in self.cpu_series])
+        totals = np.maximum.accumulate(np.array([c for _, c in self.cpu_series]))
+        return float(np.interp(end, times, totals) - np.interp(start, times, totals))
 
     def _loop(self) -> None:
         while not self._stop.wait(self.every):
             self.sample()
 
     def __enter__(self) -> TreeMemory:
+        self.sample()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
         return self
@@ -149,6 +189,7 @@ class TreeMemory:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+        self.sample()
 
     def figures(self) -> dict[str, float]:
         """Peaks in MB (10⁶ bytes), as reported."""
@@ -166,7 +207,7 @@ class TreeMemory:
 
 @dataclass
 class EngineRun:
-    """What one engine did: round times, whole wall time, memory."""
+    """What one engine did: round wall and CPU times, whole wall time, memory."""
 
     engine: str
     merchants: int
@@ -174,7 +215,31 @@ class EngineRun:
     round_seconds: list[float]
     wall_seconds: float
     memory: dict[str, float]
+    round_cpu_seconds: list[float] = field(default_factory=list)
     note: str = ""
+
+    @classmethod
+    def measured(
+        cls,
+        engine: str,
+        merchants: int,
+        per_round: int,
+        spans: list[tuple[float, float]],
+        wall_seconds: float,
+        tree: TreeMemory,
+        note: str = "",
+    ) -> EngineRun:
+        """Figures of rounds spanning ``spans`` (``time.time()`` start, end)."""
+        return cls(
+            engine,
+            merchants,
+            per_round,
+            [end - start for start, end in spans],
+            wall_seconds,
+            tree.figures(),
+            [tree.cpu_between(start, end) for start, end in spans],
+            note,
+        )
 
     @property
     def seconds_per_round(self) -> float:
@@ -185,6 +250,12 @@ class EngineRun:
     def steady_seconds_per_round(self) -> float:
         """Mean over the rounds after the first: the cost of a round once running."""
         return float(np.mean(self.round_seconds[1:] or self.round_seconds))
+
+    @property
+    def steady_cpu_seconds_per_round(self) -> float:
+        """CPU seconds of the whole process tree per round, after the first."""
+        later = self.round_cpu_seconds[1:] or self.round_cpu_seconds
+        return float(np.mean(later)) if later else float("nan")
 
     def summary(self) -> dict[str, Any]:
         """The figures, as written to the JSON."""
@@ -200,22 +271,26 @@ class EngineRun:
             "steady-updates-per-second": round(
                 self.per_round / self.steady_seconds_per_round, 3
             ),
+            "round-cpu-seconds": [round(s, 2) for s in self.round_cpu_seconds],
+            "steady-cpu-seconds-per-round": round(self.steady_cpu_seconds_per_round, 3),
             "wall-seconds": round(self.wall_seconds, 2),
             **self.memory,
             **({"note": self.note} if self.note else {}),
         }
 
 
-def _round_seconds(run_dir: Path) -> list[float]:
-    """Seconds of every trained round, from the run's round store."""
+def _round_spans(run_dir: Path) -> list[tuple[float, float]]:
+    """(start, end) ``time.time()`` of every trained round, from the round store."""
     from server.store import STORE_FILENAME, RoundStore
 
+    if not (run_dir / STORE_FILENAME).exists():
+        return []
     store = RoundStore(run_dir / STORE_FILENAME, read_only=True)
     try:
         rows = [row for row in store.rounds() if row.get("started_at") is not None]
     finally:
         store.close()
-    return [float(row["ended_at"]) - float(row["started_at"]) for row in rows]
+    return [(float(row["started_at"]), float(row["ended_at"])) for row in rows]
 
 
 def _render(value: str | int | float | bool) -> str:
@@ -317,14 +392,14 @@ def _flower_simulation_once(
                 process.kill()
             stop_local_superlink(env)
     wall = time.perf_counter() - started
-    seconds = _round_seconds(run_dir) if (run_dir / "rounds.sqlite").exists() else []
-    if code != 0 or len(seconds) != rounds:
+    spans = _round_spans(run_dir)
+    if code != 0 or len(spans) != rounds:
         raise RuntimeError(
-            f"flower simulation: exit {code}, {len(seconds)} of {rounds} rounds; "
+            f"flower simulation: exit {code}, {len(spans)} of {rounds} rounds; "
             f"log {log}:\n{log.read_text()[-3000:]}"
         )
-    return EngineRun(
-        "flower-simulation", merchants, per_round, seconds, wall, memory.figures()
+    return EngineRun.measured(
+        "flower-simulation", merchants, per_round, spans, wall, memory
     )
 
 
@@ -421,7 +496,7 @@ def run_plain_loop(
     theta = init_parameters(config.model, config.seed)
     noise = np.random.default_rng([config.seed, 0xD9])
     context = multiprocessing.get_context("spawn")
-    seconds = []
+    spans = []
     started = time.perf_counter()
     with (
         TreeMemory(lambda: [os.getpid()]) as memory,
@@ -430,7 +505,7 @@ def run_plain_loop(
         while len(set(pool.map(_plain_worker_pid, range(workers), 1))) < workers:
             pass  # until every worker has started
         for server_round in range(1, rounds + 1):
-            round_started = time.perf_counter()
+            round_started = time.time()
             sampled = sorted(
                 random.Random(config.seed * 100_003 + server_round).sample(
                     range(merchants), per_round
@@ -453,15 +528,10 @@ def run_plain_loop(
                 server_round, meta.num_rounds, meta.meta_lr, meta.meta_lr_final
             )
             theta = apply_step(theta, step.step, meta_lr)
-            seconds.append(time.perf_counter() - round_started)
+            spans.append((round_started, time.time()))
     wall = time.perf_counter() - started
-    return EngineRun(
-        f"plain-loop ({workers} processes)",
-        merchants,
-        per_round,
-        seconds,
-        wall,
-        memory.figures(),
+    return EngineRun.measured(
+        f"plain-loop ({workers} processes)", merchants, per_round, spans, wall, memory
     )
 
 
@@ -511,19 +581,19 @@ def run_deployment(
             finished = time.perf_counter()
     finally:
         deployment.stop_all()
-    seconds = _round_seconds(run_dir) if (run_dir / "rounds.sqlite").exists() else []
-    if code != 0 or len(seconds) != rounds:
+    spans = _round_spans(run_dir)
+    if code != 0 or len(spans) != rounds:
         raise RuntimeError(
-            f"deployment: exit {code}, {len(seconds)} of {rounds} rounds; "
+            f"deployment: exit {code}, {len(spans)} of {rounds} rounds; "
             f"{deployment.processes['run'].text()[-3000:]}"
         )
-    return EngineRun(
+    return EngineRun.measured(
         "flower-deployment (loopback, TLS, merchant auth)",
         merchants,
         merchants,
-        seconds,
+        spans,
         finished - ready,
-        memory.figures(),
+        memory,
         note=f"setup (certificates, keys, SuperLink, SuperNodes online) "
         f"{ready - started:.1f}s, not in wall-seconds",
     )
@@ -784,32 +854,38 @@ def plan_for(args: argparse.Namespace) -> Plan:
 def _print_engines(title: str, runs: Sequence[EngineRun]) -> None:
     print(f"\nscale: {title}")
     print(
-        f"  {'engine':<48} {'round 1':>8} {'later':>7} {'updates/s':>9} "
-        f"{'wall s':>7} {'RSS MB':>7} {'PSS MB':>7}"
+        f"  {'engine':<48} {'round 1':>8} {'later':>7} {'CPU s':>7} "
+        f"{'updates/s':>9} {'wall s':>7} {'RSS MB':>7} {'PSS MB':>7}"
     )
     for run in runs:
         figures = run.summary()
         print(
             f"  {run.engine:<48} {run.round_seconds[0]:>8.2f} "
             f"{run.steady_seconds_per_round:>7.2f} "
+            f"{run.steady_cpu_seconds_per_round:>7.2f} "
             f"{figures['steady-updates-per-second']:>9.2f} "
             f"{figures['wall-seconds']:>7.1f} "
             f"{figures['peak-rss-mb']:>7.0f} {figures['peak-pss-mb']:>7.0f}"
         )
+    print("  (round 1, later: wall seconds per round; CPU s: the tree's CPU seconds")
+    print("   per later round; updates/s in later rounds)")
     if len(runs) >= 2:
         framework, plain = runs[0], runs[-1]
         ratios = overhead_ratios(framework, plain)
         print(
-            f"  overhead ratio, {framework.engine} / {plain.engine}: "
-            f"rounds after the first {ratios['overhead-ratio']:.3f}, every round "
-            f"{ratios['overhead-ratio-all-rounds']:.3f}, whole run "
-            f"{ratios['overhead-ratio-whole-run']:.3f}"
+            f"  overhead ratio {framework.engine} / {plain.engine}:\n"
+            f"    wall, rounds after the first {ratios['overhead-ratio']:.3f}; "
+            f"every round {ratios['overhead-ratio-all-rounds']:.3f}; "
+            f"whole run {ratios['overhead-ratio-whole-run']:.3f}; "
+            f"CPU, rounds after the first {ratios['overhead-ratio-cpu']:.3f}"
         )
 
 
 def overhead_ratios(framework: EngineRun, plain: EngineRun) -> dict[str, float]:
-    """Framework time over plain-loop time: per round once running (the headline),
-    over every round, and over the whole command (start-up included)."""
+    """Framework over plain loop: wall time per round once running (the headline),
+    over every round, over the whole command (start-up included), and CPU time per
+    round once running (what the framework adds in work, whatever the machine's
+    load)."""
     return {
         "overhead-ratio": round(
             framework.steady_seconds_per_round / plain.steady_seconds_per_round, 3
@@ -819,6 +895,10 @@ def overhead_ratios(framework: EngineRun, plain: EngineRun) -> dict[str, float]:
         ),
         "overhead-ratio-whole-run": round(
             framework.wall_seconds / plain.wall_seconds, 3
+        ),
+        "overhead-ratio-cpu": round(
+            framework.steady_cpu_seconds_per_round / plain.steady_cpu_seconds_per_round,
+            3,
         ),
     }
 

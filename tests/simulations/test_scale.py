@@ -104,11 +104,45 @@ def test_tree_memory_counts_a_child_process() -> None:
     assert figures["peak-processes"] >= 1
 
 
+def test_cpu_between_interpolates_a_series_made_non_decreasing() -> None:
+    # Prepare: CPU totals 0, 2, 1 (a process left the tree), 5 at t = 0, 1, 2, 3;
+    # made non-decreasing: 0, 2, 2, 5.
+    tree = scale.TreeMemory(lambda: [])
+    tree.cpu_series = [(0.0, 0.0), (1.0, 2.0), (2.0, 1.0), (3.0, 5.0)]
+
+    # Execute / Assert: from t = 0.5 (1.0) to t = 2.5 (3.5).
+    assert tree.cpu_between(0.5, 2.5) == pytest.approx(2.5)
+    assert tree.cpu_between(1.0, 2.0) == pytest.approx(0.0)
+
+
+def test_tree_cpu_counts_a_busy_child() -> None:
+    # Prepare: a child that spins for about a CPU second.
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time\nend = time.process_time() + 1.0\n"
+            "while time.process_time() < end: pass\ntime.sleep(0.5)",
+        ]
+    )
+
+    # Execute
+    with scale.TreeMemory(lambda: [child.pid], every=0.1) as tree:
+        child.wait(timeout=60)
+    start, end = tree.cpu_series[0][0], tree.cpu_series[-2][0]
+
+    # Assert: at least the second it spun (plus Python's start-up).
+    assert tree.cpu_between(start, end) >= 0.95
+
+
 def test_overhead_ratios_divide_framework_time_by_plain_time() -> None:
     # Prepare: rounds 10 s, then 4 s and 6 s (mean later 5 s, mean all 20/3 s);
     # the plain loop 4 s, then 2 s and 2 s (later 2 s, all 8/3 s).
-    framework = scale.EngineRun("flower", 10, 2, [10.0, 4.0, 6.0], 40.0, {})
-    plain = scale.EngineRun("plain", 10, 2, [4.0, 2.0, 2.0], 10.0, {})
+    # CPU: 9 s then 6 s and 8 s (later 7 s) against 3 s then 3.5 s and 3.5 s.
+    framework = scale.EngineRun(
+        "flower", 10, 2, [10.0, 4.0, 6.0], 40.0, {}, [9.0, 6.0, 8.0]
+    )
+    plain = scale.EngineRun("plain", 10, 2, [4.0, 2.0, 2.0], 10.0, {}, [3.0, 3.5, 3.5])
 
     # Execute
     ratios = scale.overhead_ratios(framework, plain)
@@ -117,6 +151,7 @@ def test_overhead_ratios_divide_framework_time_by_plain_time() -> None:
     assert ratios["overhead-ratio"] == pytest.approx(2.5)
     assert ratios["overhead-ratio-all-rounds"] == pytest.approx(2.5)
     assert ratios["overhead-ratio-whole-run"] == pytest.approx(4.0)
+    assert ratios["overhead-ratio-cpu"] == pytest.approx(2.0)
     assert framework.summary()["steady-updates-per-second"] == pytest.approx(0.4)
     assert framework.summary()["updates-per-second"] == pytest.approx(0.3)
 
