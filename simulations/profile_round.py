@@ -10,9 +10,10 @@ ways (``simulations.wire``), the ClientApp's ``train`` handler for each sampled
 merchant, and the strategy's ``aggregate_train``. Only the transport (gRPC, the
 SuperLink's state, Ray) is left out, so what is measured is what our code costs.
 
-It prints seconds per phase and the functions that take the most time (cProfile,
-cumulative), for the first round of a fresh process (where merchants' data is
-prepared) and for the last.
+It prints CPU seconds per phase and the functions that take the most time (cProfile,
+cumulative, in CPU time), for the first round of a fresh process (where merchants'
+data is prepared) and for the last. CPU time, because the machine this was written
+on is shared: wall time there also holds other people's processes.
 """
 
 from __future__ import annotations
@@ -71,18 +72,22 @@ def sampling(merchants: int, per_round: int) -> dict[str, Any]:
 
 @dataclass
 class PhaseTimer:
-    """Wall seconds spent per named phase."""
+    """CPU seconds of this process spent per named phase.
+
+    CPU time rather than wall time: the harness runs in one process with torch on
+    one thread, so its CPU time is the work, whatever else the machine runs.
+    """
 
     seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        """Add the wall time of the block to phase ``name``."""
-        started = time.perf_counter()
+        """Add the CPU time of the block to phase ``name``."""
+        started = time.process_time()
         try:
             yield
         finally:
-            self.seconds[name] += time.perf_counter() - started
+            self.seconds[name] += time.process_time() - started
 
 
 @dataclass
@@ -192,10 +197,19 @@ def _top_functions(profile: cProfile.Profile, top: int) -> str:
 
 
 def profile_rounds(
-    merchants: int, per_round: int, rounds: int, top: int, stats_path: str = ""
+    merchants: int,
+    per_round: int,
+    rounds: int,
+    top: int,
+    stats_path: str = "",
+    cprofile: bool = True,
 ) -> dict[str, dict[str, float]]:
-    """Profile ``rounds`` rounds; print phases and top functions of the first and
-    last; return seconds per phase of each profiled round."""
+    """Run ``rounds`` rounds; print CPU seconds per phase and (under cProfile) the
+    top functions of the first and last; return CPU seconds per phase and round.
+
+    cProfile times in CPU seconds too, and slows Python-heavy code more than
+    torch's kernels: compare phases with ``cprofile=False``.
+    """
     import torch
 
     torch.set_num_threads(1)  # as in a simulation worker
@@ -205,23 +219,27 @@ def profile_rounds(
     results: dict[str, dict[str, float]] = {}
     for server_round in range(1, rounds + 1):
         timer = PhaseTimer()
-        profile = cProfile.Profile()
-        started = time.perf_counter()
-        profile.enable()
+        profile = cProfile.Profile(time.process_time)
+        started, wall_started = time.process_time(), time.perf_counter()
+        if cprofile:
+            profile.enable()
         facts = harness.run_round(server_round, timer)
         profile.disable()
-        wall = time.perf_counter() - started
+        cpu = time.process_time() - started
+        wall = time.perf_counter() - wall_started
         label = f"round {server_round}"
-        results[label] = {**facts.phases, "total": wall}
+        results[label] = {**facts.phases, "total": cpu, "wall": wall}
         if server_round not in (1, rounds):
             continue
         print(
             f"\nprofile: {label} of {rounds}: {per_round} of {merchants} merchants, "
-            f"{wall:.2f}s wall (under cProfile)"
+            f"{cpu:.2f} CPU s ({wall:.2f}s wall"
+            f"{', under cProfile' if cprofile else ''})"
         )
         for phase, seconds in sorted(facts.phases.items(), key=lambda kv: -kv[1]):
-            print(f"  {phase:<52} {seconds:7.2f}s  {seconds / wall:6.1%}")
-        print(_top_functions(profile, top))
+            print(f"  {phase:<52} {seconds:7.2f}s  {seconds / cpu:6.1%}")
+        if cprofile:
+            print(_top_functions(profile, top))
         if stats_path:
             profile.dump_stats(f"{stats_path}.{server_round}")
     return results
@@ -237,13 +255,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--stats", default="", help="also write pstats files PREFIX.<round>"
     )
+    parser.add_argument(
+        "--phases-only", action="store_true", help="time phases without cProfile"
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Profile rounds and print where the time goes."""
     args = parse_args(argv)
-    profile_rounds(args.merchants, args.per_round, args.rounds, args.top, args.stats)
+    profile_rounds(
+        args.merchants,
+        args.per_round,
+        args.rounds,
+        args.top,
+        args.stats,
+        cprofile=not args.phases_only,
+    )
     return 0
 
 
