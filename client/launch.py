@@ -48,11 +48,13 @@ def require_files(*paths: Path) -> None:
 
 
 def node_config_text(values: Mapping[str, str]) -> str:
-    """``--node-config`` text: every value quoted as a string."""
+    """``--node-config`` text: every value a quoted (TOML basic) string."""
     for key, value in values.items():
-        if "'" in value or '"' in value:
-            raise typer.BadParameter(f"{key}: quotes are not allowed, got {value!r}")
-    return " ".join(f"{key}='{value}'" for key, value in values.items())
+        if any(character in value for character in "'\"\\"):
+            raise typer.BadParameter(
+                f"{key}: quotes and backslashes are not allowed, got {value!r}"
+            )
+    return " ".join(f'{key}="{value}"' for key, value in values.items())
 
 
 def supernode_argv(
