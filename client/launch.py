@@ -108,6 +108,14 @@ def supernode_command(
     cache_dir: Annotated[
         Path | None, typer.Option(help="Where parsed data is cached.")
     ] = None,
+    settings: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="More node config, KEY=VALUE (repeat): user-col, item-col, time-col, "
+            "value-col, market-col.",
+        ),
+    ] = None,
     port: Annotated[int, typer.Option(help="Local port for the ClientApp.")] = 9094,
     insecure: Annotated[
         bool, typer.Option("--insecure", help="Plaintext, unauthenticated.")
@@ -131,6 +139,11 @@ def supernode_command(
     }
     if market is not None:
         node_config["market"] = market
+    for setting in settings or []:
+        name, equals, value = setting.partition("=")
+        if not equals or not name.strip():
+            raise typer.BadParameter(f"--set: expected KEY=VALUE, got {setting!r}")
+        node_config[name.strip()] = value.strip()
     argv = supernode_argv(superlink, node_config, ca, key, port, insecure)
     typer.echo(shlex.join(argv))
     if not dry_run:

@@ -116,7 +116,8 @@ def test_the_commands_name_missing_files_and_print_with_dry_run(
         [
             *("supernode", "--superlink", "127.0.0.1:9092", "--merchant-id", "m7"),
             *("--data", str(data), "--ca", str(tmp_path / "c" / "ca.crt")),
-            *("--key", str(tmp_path / "k" / "m7"), "--dry-run"),
+            *("--key", str(tmp_path / "k" / "m7"), "--set", "user-col=customer"),
+            "--dry-run",
         ],
     )
 
@@ -126,3 +127,4 @@ def test_the_commands_name_missing_files_and_print_with_dry_run(
     assert link.exit_code == 0 and "--enable-supernode-auth" in link.output
     assert node.exit_code == 0 and "--auth-supernode-private-key" in node.output
     assert f"data-path={data}" in node.output.replace('"', "")
+    assert "user-col=customer" in node.output.replace('"', "")
