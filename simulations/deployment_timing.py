@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -202,8 +203,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.info("timing: scratch directory %s", root)
 
     # One engine after the other, so neither competes with the other for the cores.
+    # Other work on the machine slows both: the load average is kept with the figures.
+    load = {"before": os.getloadavg()[0]}
     deployment = run_deployment(root / "deployment", args.merchants, run_config)
+    load["between"] = os.getloadavg()[0]
     simulation = run_simulation(root / "simulation", args.merchants, run_config)
+    load["after"] = os.getloadavg()[0]
 
     # Steady rounds: round 1 also installs the app bundle on every SuperNode.
     steady_deployment = statistics.mean(deployment["round_seconds"][1:])
@@ -232,6 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "ratio": steady_deployment / steady_simulation,
         },
         "cache": savings,
+        "load_average_1min": load,
+        "cpus": os.cpu_count(),
     }
     print(json.dumps(result, indent=2))
     if args.out is not None:
