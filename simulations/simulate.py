@@ -14,6 +14,7 @@ report are.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import signal
@@ -55,9 +56,12 @@ def flower_environment(flwr_home: Path) -> dict[str, str]:
     return env
 
 
-def stop_local_superlink(env: dict[str, str]) -> None:
-    """Stop the detached SuperLink that ``flwr run`` started for this FLWR_HOME."""
+def stop_local_superlink(env: dict[str, str], grace: float = 10.0) -> None:
+    """Stop the detached SuperLink that ``flwr run`` started for this FLWR_HOME, and
+    everything in its process group (the simulation process and Ray's daemons):
+    SIGTERM, then SIGKILL for what is still there after ``grace`` seconds."""
     port = env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"]
+    groups = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -68,9 +72,25 @@ def stop_local_superlink(env: dict[str, str]) -> None:
         words = [a.decode(errors="replace") for a in arguments]
         if any(w.endswith("flower-superlink") for w in words[:2]) and port in words:
             try:
-                os.killpg(int(entry.name), signal.SIGTERM)
-            except (ProcessLookupError, PermissionError):
-                os.kill(int(entry.name), signal.SIGTERM)
+                groups.add(os.getpgid(int(entry.name)))
+            except ProcessLookupError:
+                continue
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for group in groups:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(group, sig)
+        deadline = time.monotonic() + grace
+        while groups and time.monotonic() < deadline:
+            groups = {g for g in groups if _group_alive(g)}
+            time.sleep(0.2)
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def render(value: str | int | float | bool) -> str:
