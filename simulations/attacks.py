@@ -11,12 +11,14 @@ and, every round, sends instead of its honest delta:
 | ``scale-100`` | 100·Δ |
 | ``nan-inf`` | Δ with a NaN and an Inf in it |
 | ``noise`` | Gaussian noise, 1 per coordinate, in place of Δ |
-| ``promotion`` | Δ plus a boost of one product's score (see below) |
+| ``promotion`` | Δ plus a boost of one product's bias (see below) |
 
-The promotion raises one product's bias and moves its vector along the hostile
-merchant's own customers' mean taste, scaled by 8 / meta_lr to survive the mean of 8
-merchants: the model replacement of Bagdasaryan et al. 2020 ("How To Backdoor
-Federated Learning", arXiv 1807.00459).
+The promotion raises one product's bias, the part of its score every customer shares,
+by enough to lift it ``PROMOTION_LOGITS`` after the mean of 8 merchants (scaled by
+8 / meta_lr: the model replacement of Bagdasaryan et al. 2020, "How To Backdoor
+Federated Learning", arXiv 1807.00459). The product is an ordinary one that no
+customer of the new merchants is shown in the clean run: sold by all of them, with
+the median rank of the catalogue.
 
 Each attack runs under each defence (``none``: the Reptile weighted mean, nothing else;
 ``clip``, ``median``, ``trimmed-mean`` alone; ``default``: the run-config defaults) on
@@ -24,7 +26,8 @@ the same data and seeds, in the in-process engine. The held-out new merchants th
 adapt θ as in every evaluation, and two numbers are reported relative to the clean run
 (no attack, no defence): NDCG@10 of their test items against sampled negatives, and
 the promoted product's exposure, the share of their customers whose top 10 over the
-whole catalogue (without the customer's own items) holds it.
+whole catalogue (without the customer's own items) holds it, relative to the clean
+run's or, when that is smaller, to a randomly ranked product's (``chance_exposure``).
 
 Replies holding NaN or Inf are rejected by the server's reply validation in every
 configuration (it is not an option), so ``nan-inf`` shows that check at work.
@@ -59,7 +62,7 @@ from common.adapt import MerchantData, adapt, score_held_out
 from common.config import AdaptConfig, DataConfig, DefenceConfig, MetaConfig, RunConfig
 from common.federation import new_merchants, source_merchants
 from common.metrics import ndcg, rank_of_positive
-from common.model import PAD, build_model, item_buckets
+from common.model import item_buckets
 from common.protocol import MarketSplit
 from simulations.inprocess import Tamper, run_inprocess
 
@@ -70,9 +73,7 @@ NUM_MERCHANTS = 8
 HOSTILE = "merchant-000"
 ATTACKS = ("none", "sign-flip", "scale-100", "nan-inf", "noise", "promotion")
 # The boost a promotion asks of the *aggregated* θ, in logits of the item's score.
-PROMOTION_LOGITS = 5.0
-# The clean exposure of the product the promotion pushes (see ``promoted_item``).
-TARGET_EXPOSURE = 0.02
+PROMOTION_LOGITS = 10.0
 
 
 # ---------------------------------------------------------------------------
@@ -109,36 +110,18 @@ def noise(
 def promotion_boost(
     theta: dict[str, np.ndarray],
     rows: np.ndarray,
-    taste: np.ndarray,
     logits: float,
     amplification: float,
 ) -> dict[str, np.ndarray]:
-    """A delta that raises one product's score by about ``logits`` for a user of
-    taste ``taste`` once averaged with weight 1 / ``amplification``.
+    """A delta that raises one product's score by ``logits`` for every customer once
+    averaged with weight 1 / ``amplification``.
 
-    The score is u·p + b with p and b each the sum of the product's two hashed rows
-    (``common.model``). Half the boost goes to the bias rows, half to the vector rows
-    along ``taste``: u·Δp = ‖u‖ · ‖Δp‖ cos(u, Δp).
+    The score is u·p + b, with b the sum of the product's two hashed bias rows
+    (``common.model``): each row gets amplification · logits / 2.
     """
     boost = {name: np.zeros_like(array) for name, array in theta.items()}
-    share = amplification * logits / 2.0 / len(rows)
-    boost["item_bias.weight"][rows, 0] += share
-    direction = taste / max(float(np.dot(taste, taste)), 1e-6)
-    for row in rows:
-        boost["target_items.weight"][row] += (share * direction).astype(np.float32)
+    boost["item_bias.weight"][rows, 0] += amplification * logits / len(rows)
     return boost
-
-
-def mean_taste(
-    theta: dict[str, np.ndarray], data: MerchantData, config: RunConfig
-) -> np.ndarray:
-    """The mean user vector of a merchant's customers under θ (what it can compute)."""
-    model = build_model(config.model, theta).eval()
-    catalogue = torch.from_numpy(data.catalogue)
-    histories = torch.from_numpy(data.histories)
-    with torch.no_grad():
-        users = model.user_vectors(catalogue[histories.clamp(min=0)], histories != PAD)
-    return users.mean(dim=0).numpy().astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -146,7 +129,6 @@ class Attack:
     """A hostile merchant's behaviour, as the in-process engine's ``tamper`` hook."""
 
     name: str
-    hostile: MerchantData
     config: RunConfig
     promoted_rows: np.ndarray
     amplification: float
@@ -171,9 +153,8 @@ class Attack:
             rng = np.random.default_rng([self.config.seed, server_round, 404])
             return noise(delta, rng)
         if self.name == "promotion":
-            taste = mean_taste(theta, self.hostile, self.config)
             boost = promotion_boost(
-                theta, self.promoted_rows, taste, PROMOTION_LOGITS, self.amplification
+                theta, self.promoted_rows, PROMOTION_LOGITS, self.amplification
             )
             return {name: delta[name] + boost[name] for name in delta}
         raise ValueError(f"unknown attack {self.name!r}; expected one of {ATTACKS}")
@@ -271,12 +252,13 @@ def defences(default: DefenceConfig) -> dict[str, DefenceConfig]:
     }
 
 
-def item_exposures(
+def item_ranks(
     theta: dict[str, np.ndarray],
     merchants: Sequence[tuple[MarketSplit, MerchantData]],
     config: RunConfig,
 ) -> dict[str, float]:
-    """Clean exposure of every product all new merchants sell, after adaptation."""
+    """Mean rank (0 = top) of every product all new merchants sell, over their
+    customers, after adaptation; a customer's own items are not ranked."""
     shared = set(merchants[0][0].item_ids)
     for split, _ in merchants[1:]:
         shared &= set(split.item_ids)
@@ -285,7 +267,7 @@ def item_exposures(
         config.evaluation.adapt_lr,
         config.adapt.batch_size,
     )
-    counts = dict.fromkeys(sorted(shared), 0)
+    totals = dict.fromkeys(sorted(shared), 0.0)
     users = 0
     for index, (split, data) in enumerate(merchants):
         adapted = adapt(theta, data, config.model, budget, seed=index).parameters
@@ -293,23 +275,31 @@ def item_exposures(
             adapted, data, split, config.model, "test", full_catalogue=True
         )
         assert scores.catalogue is not None
-        for item in counts:
+        catalogue = np.array(scores.catalogue, dtype=np.float64)
+        for user, items in enumerate(split.support):
+            catalogue[user, items] = -np.inf
+        ranks = (-catalogue).argsort(axis=1).argsort(axis=1)  # (U, C) rank of item
+        for item in totals:
             code = int(np.flatnonzero(split.item_ids == item)[0])
-            counts[item] += int(
-                top_k_exposure(scores.catalogue, code, split.support).sum()
-            )
+            totals[item] += float(ranks[:, code].sum())
         users += split.num_users
-    return {item: count / users for item, count in counts.items()}
+    return {item: total / users for item, total in totals.items()}
 
 
-def promoted_item(exposures: dict[str, float]) -> str:
-    """The product to promote: sold by every new merchant and already in the top 10
-    of about TARGET_EXPOSURE of their customers in the clean run, so that "at most
-    twice its clean exposure" is a measurable bound (a product nobody is shown has a
-    clean exposure of 0, and any change of θ would double it)."""
-    return min(
-        exposures, key=lambda item: (abs(exposures[item] - TARGET_EXPOSURE), item)
-    )
+def chance_exposure(splits: Sequence[MarketSplit], k: int = 10) -> float:
+    """The exposure of a product ranked at random: k / catalogue size, averaged over
+    the customers. Exposure is reported relative to the clean run's, or to this when
+    the clean one is smaller: a product nobody is shown in the clean run would
+    otherwise make one or two customers' top 10 look like a doubling."""
+    users = sum(split.num_users for split in splits)
+    return sum(split.num_users * k / len(split.item_ids) for split in splits) / users
+
+
+def promoted_item(ranks: dict[str, float]) -> str:
+    """The product to promote: the one whose mean clean rank is the median of the
+    shared products', an ordinary product far from anyone's top 10."""
+    ordered = sorted(ranks, key=lambda item: (ranks[item], item))
+    return ordered[len(ordered) // 2]
 
 
 @dataclass(frozen=True)
@@ -331,10 +321,8 @@ def _run(task: Task) -> tuple[str, str, Evaluation, dict[str, np.ndarray]]:
         (m.split, MerchantData.from_split(m.split, config.model))
         for m in new_merchants(config.data)
     ]
-    hostile = next(m for m in sources if m.merchant_id == HOSTILE)
     attack = Attack(
         task.attack,
-        MerchantData.from_split(hostile.split, config.model),
         config,
         item_buckets([task.promoted], config.model.num_buckets)[0],
         amplification=NUM_MERCHANTS / config.meta.meta_lr,
@@ -367,7 +355,7 @@ def run_benchmark(
 
     # The clean run first: it decides which product the promotion pushes.
     _, _, _, clean_theta = _run(Task("none", "none", options["none"], config, ""))
-    promoted = promoted_item(item_exposures(clean_theta, targets, config))
+    promoted = promoted_item(item_ranks(clean_theta, targets, config))
     clean = evaluate(clean_theta, targets, config, promoted)
     tasks = [
         Task(attack, name, defence, config, promoted)
@@ -379,7 +367,7 @@ def run_benchmark(
         outcomes = list(pool.map(_run, tasks))
     scores = {("none", "none"): clean, **{(a, d): s for a, d, s, _ in outcomes}}
     thetas = {("none", "none"): clean_theta, **{(a, d): t for a, d, _, t in outcomes}}
-    floor = 1.0 / sum(m.split.num_users for m in new_merchants(config.data))
+    floor = chance_exposure([split for split, _ in targets])
     rows = [
         {
             "attack": attack,
@@ -480,10 +468,8 @@ def flower_check(
     # The same run in process.
     local = replace(config, defence=defence)
     sources = source_merchants(local.data, NUM_MERCHANTS)
-    hostile = next(m for m in sources if m.merchant_id == HOSTILE)
     tamper: Tamper = Attack(
         attack,
-        MerchantData.from_split(hostile.split, local.model),
         local,
         item_buckets([promoted], local.model.num_buckets)[0],
         amplification=NUM_MERCHANTS / local.meta.meta_lr,
@@ -512,7 +498,6 @@ hostile_app = ClientApp()
 def hostile_train(msg: Message, context: Context) -> Message:
     """The honest train reply, then the run config's ``attack`` on merchant-000's."""
     from client.app import train
-    from client.data import load_merchant
     from common.config import from_run_config
 
     reply = train(msg, context)
@@ -528,7 +513,6 @@ def hostile_train(msg: Message, context: Context) -> Message:
     delta = {k: v.numpy() for k, v in reply.content.array_records["delta"].items()}
     attack = Attack(
         name,
-        load_merchant(context, config).data,
         config,
         item_buckets([promoted], config.model.num_buckets)[0],
         amplification=NUM_MERCHANTS / config.meta.meta_lr,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import Any, cast
+
 import numpy as np
 import pytest
 
-from common.adapt import MerchantData
 from common.config import (
     AdaptConfig,
     DataConfig,
@@ -19,9 +21,9 @@ from common.federation import source_merchants
 from common.model import init_parameters
 from common.reptile import global_norm
 from simulations.attacks import (
-    HOSTILE,
     NUM_MERCHANTS,
     Attack,
+    chance_exposure,
     nan_inf,
     promotion_boost,
     scale,
@@ -59,25 +61,21 @@ def test_sign_flip_scale_and_nan_inf_by_hand() -> None:
     np.testing.assert_array_equal(poisoned["b"], [3.0])  # only the first array
 
 
-def test_promotion_boost_raises_the_score_by_the_asked_logits_times_amplification() -> (
-    None
-):
-    # Prepare: θ of zeros; the product hashes to rows 1 and 2; a user of taste t.
+def test_promotion_boost_raises_the_bias_by_logits_times_amplification() -> None:
+    # Prepare: θ of zeros; the product hashes to rows 1 and 2.
     theta = {
         "item_bias.weight": np.zeros((4, 1), np.float32),
         "target_items.weight": np.zeros((4, 2), np.float32),
     }
-    taste = np.array([3.0, 4.0], np.float32)
 
     # Execute
-    boost = promotion_boost(theta, np.array([1, 2]), taste, logits=5.0, amplification=8)
+    boost = promotion_boost(theta, np.array([1, 2]), logits=5.0, amplification=8)
 
-    # Assert: score = u·(p1 + p2) + b1 + b2 = 8·5 / 2 (vectors) + 8·5 / 2 (bias) = 40.
-    score = taste @ (
-        boost["target_items.weight"][1] + boost["target_items.weight"][2]
-    ) + float(boost["item_bias.weight"][1, 0] + boost["item_bias.weight"][2, 0])
-    assert score == pytest.approx(40.0, rel=1e-5)
-    assert not boost["item_bias.weight"][[0, 3]].any()  # other products untouched
+    # Assert: b1 + b2 = 8·5 = 40, i.e. 5 logits after a mean of 8; nothing else moves.
+    bias = boost["item_bias.weight"]
+    assert float(bias[1, 0] + bias[2, 0]) == pytest.approx(40.0, rel=1e-6)
+    assert not bias[[0, 3]].any()
+    assert not boost["target_items.weight"].any()
 
 
 def test_top_k_exposure_counts_users_whose_top_k_holds_the_item() -> None:
@@ -105,10 +103,8 @@ def test_the_hook_tampers_only_with_the_hostile_merchant_and_clipping_bounds_it(
 ):
     # Prepare: the tiny federation, scale-100 from merchant-000.
     sources = source_merchants(TINY.data, NUM_MERCHANTS)
-    hostile = next(m for m in sources if m.merchant_id == HOSTILE)
     attack = Attack(
         "scale-100",
-        MerchantData.from_split(hostile.split, TINY.model),
         TINY,
         np.array([0, 1]),
         amplification=8.0,
@@ -166,3 +162,14 @@ def test_targets_held_names_the_default_rows_that_miss() -> None:
         "noise: ndcg@10 0.900 < 0.95",
         "promotion: exposure 3.00 > 2",
     ]
+
+
+def test_chance_exposure_is_k_over_the_catalogue_averaged_over_customers() -> None:
+    # Prepare: 100 customers with a catalogue of 500, 300 with one of 200.
+    splits = [
+        SimpleNamespace(num_users=100, item_ids=np.arange(500)),
+        SimpleNamespace(num_users=300, item_ids=np.arange(200)),
+    ]
+
+    # Execute / Assert: (100·10/500 + 300·10/200) / 400 = (2 + 15) / 400 = 0.0425.
+    assert chance_exposure(cast(Any, splits)) == pytest.approx(0.0425)
