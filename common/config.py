@@ -96,7 +96,12 @@ class MetaConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where merchants' interactions come from in a simulation."""
+    """Where merchants' interactions come from in a simulation.
+
+    user_col ... market_col, implicit: the ``table`` reader's column names (empty
+    value_col: no value column; empty market_col: the file stem names the market)
+    and whether a row is a purchase only when its value is positive.
+    """
 
     data_format: str = "synthetic"
     data_path: str = ""
@@ -104,6 +109,12 @@ class DataConfig:
     target_markets: tuple[str, ...] = ()
     merchants_per_market: int = 1
     seed: int = 0
+    user_col: str = "user"
+    item_col: str = "item"
+    time_col: str = "time"
+    value_col: str = ""
+    market_col: str = ""
+    implicit: bool = False
 
     def __post_init__(self) -> None:
         if self.data_format not in ("synthetic", "xmarket", "table"):

@@ -17,7 +17,7 @@ import pandas as pd
 
 from common import synthetic
 from common.config import DataConfig
-from common.data import load_interactions
+from common.data import TableColumns, load_interactions
 from common.protocol import MarketSplit, leave_one_out, split_users
 
 logger = logging.getLogger(__name__)
@@ -33,13 +33,27 @@ class Merchant:
 
 
 @functools.lru_cache(maxsize=4)
-def _real_interactions(path: str, data_format: str) -> pd.DataFrame:
-    return load_interactions(path, data_format)
+def _read(
+    path: str, data_format: str, columns: TableColumns, implicit: bool
+) -> pd.DataFrame:
+    return load_interactions(path, data_format, columns=columns, implicit=implicit)
+
+
+def _real_interactions(config: DataConfig) -> pd.DataFrame:
+    """The interactions a real-data federation reads (cached per process)."""
+    columns = TableColumns(
+        config.user_col,
+        config.item_col,
+        config.time_col,
+        config.value_col or None,
+        config.market_col or None,
+    )
+    return _read(config.data_path, config.data_format, columns, config.implicit)
 
 
 def _markets(config: DataConfig) -> tuple[list[str], list[str]]:
     """Source and target markets of a real-data federation."""
-    frame = _real_interactions(config.data_path, config.data_format)
+    frame = _real_interactions(config)
     available = sorted(frame["market"].unique())
     missing = [
         m
@@ -76,7 +90,7 @@ def source_merchants(
             )
             for m in synthetic.source_merchants(config.seed, num_merchants)
         ]
-    frame = _real_interactions(config.data_path, config.data_format)
+    frame = _real_interactions(config)
     sources, _ = _markets(config)
     merchants: list[Merchant] = []
     for market in sources:
@@ -132,7 +146,7 @@ def new_merchants(config: DataConfig) -> list[Merchant]:
             )
             for m in synthetic.new_merchants(config.seed)
         ]
-    frame = _real_interactions(config.data_path, config.data_format)
+    frame = _real_interactions(config)
     _, targets = _markets(config)
     return [
         Merchant(

@@ -247,6 +247,12 @@ def train_federated(
         "source-markets": ",".join(config.data.source_markets),
         "target-markets": "",
         "merchants-per-market": config.data.merchants_per_market,
+        "user-col": config.data.user_col,
+        "item-col": config.data.item_col,
+        "time-col": config.data.time_col,
+        "value-col": config.data.value_col,
+        "market-col": config.data.market_col,
+        "implicit": config.data.implicit,
         "num-rounds": config.meta.num_rounds,
         "algorithm": config.meta.algorithm,
         "meta-lr": config.meta.meta_lr,
@@ -682,11 +688,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit(
                 f"benchmark: --shots takes 'all' or positive numbers, got {shots!r}"
             )
-    if args.format == "table" and args.engine == "flower":
-        raise SystemExit(
-            "benchmark: the Flower engine reads XMarket files only; "
-            "use --engine inprocess with --format table"
-        )
 
     started = time.monotonic()
     columns = TableColumns(
@@ -713,6 +714,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         data_format=args.format,
         data_path=str(Path(args.data).resolve()),
         merchants_per_market=settings.merchants_per_market,
+        user_col=args.user_col,
+        item_col=args.item_col,
+        time_col=args.time_col,
+        value_col=args.value_col or "",
+        market_col=args.market_col or "",
+        implicit=args.implicit,
     )
     plan = []
     for target in targets:

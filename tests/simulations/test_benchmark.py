@@ -1,0 +1,124 @@
+"""The cold-start benchmark on a messy order log: the table reader, the arms, the JSON
+contract of DESIGN.md and the report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from common import synthetic
+from simulations.benchmark import main
+
+ARMS = ("popularity", "itemknn", "local", "fedavg", "reptile")
+
+
+def _order_log(path: Path) -> None:
+    """A real-world-shaped order log of two countries: implicit purchases with
+    quantities, cancellations (negative quantities), missing customer ids, exact
+    duplicate rows and integer customer ids written as floats."""
+    world = synthetic.make_world(seed=5)
+    frames = []
+    for index, market in enumerate(("north", "south")):
+        rng = np.random.default_rng(index)
+        log = synthetic._merchant_log(world, market, f"m{index}", 150, (8, 12), rng)
+        frames.append(log)
+    orders = pd.concat(frames, ignore_index=True)
+    codes = {user: 10_000 + k for k, user in enumerate(orders["user"].unique())}
+    table = pd.DataFrame(
+        {
+            "InvoiceDate": pd.Timestamp("2024-01-01")
+            + pd.to_timedelta(orders["time"], unit="h"),
+            "CustomerID": orders["user"].map(codes).astype(float),
+            "StockCode": orders["item"],
+            "Quantity": np.random.default_rng(0).integers(1, 4, len(orders)),
+            "Country": orders["market"].map({"north": "NO", "south": "SO"}),
+        }
+    )
+    noise = table.sample(60, random_state=1).assign(Quantity=-1)  # cancellations
+    missing = table.sample(30, random_state=2).assign(CustomerID=np.nan)
+    duplicates = table.sample(40, random_state=3)
+    pd.concat([table, noise, missing, duplicates]).to_csv(path, index=False)
+
+
+@pytest.fixture(scope="module")
+def benchmark_output(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("benchmark")
+    _order_log(directory / "orders.csv")
+    code = main(
+        [
+            "--data", str(directory / "orders.csv"),
+            "--format", "table",
+            "--user-col", "CustomerID",
+            "--item-col", "StockCode",
+            "--time-col", "InvoiceDate",
+            "--value-col", "Quantity",
+            "--market-col", "Country",
+            "--implicit",
+            "--targets", "SO",
+            "--shots", "all,2",
+            "--seeds", "1",
+            "--arms", ",".join(ARMS),
+            "--engine", "inprocess",
+            "--quick",
+            "--out", str(directory / "results.json"),
+            "--report", str(directory / "report"),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    return directory
+
+
+def test_results_follow_the_json_contract(benchmark_output: Path) -> None:
+    # Execute
+    document = json.loads((benchmark_output / "results.json").read_text())
+
+    # Assert: one row per (arm, target, shots, metric), with the contract's keys.
+    rows = document["results"]
+    expected = {
+        (arm, "SO", shots, metric)
+        for arm in ARMS
+        for shots in ("all", 2)
+        for metric in ("ndcg@10", "hr@10", "ndcg@10-full")
+    }
+    assert {(r["arm"], r["target"], r["shots"], r["metric"]) for r in rows} == expected
+    for row in rows:
+        assert set(row) == {"arm", "target", "shots", "metric", "mean", "ci95", "seeds"}
+        lo, hi = row["ci95"]
+        assert 0.0 <= lo <= row["mean"] <= hi <= 1.0
+        assert len(row["seeds"]) == 1
+
+
+def test_reptile_is_compared_with_every_other_arm(benchmark_output: Path) -> None:
+    # Execute
+    comparisons = json.loads((benchmark_output / "results.json").read_text())[
+        "comparisons"
+    ]
+
+    # Assert
+    pairs = {(c["arm"], c["shots"], c["metric"]) for c in comparisons}
+    assert pairs == {
+        (arm, shots, metric)
+        for arm in ARMS
+        if arm != "reptile"
+        for shots in ("all", 2)
+        for metric in ("ndcg@10", "hr@10", "ndcg@10-full")
+    }
+    for c in comparisons:
+        assert set(c) == {"target", "shots", "metric", "arm", "difference", "ci95", "p"}
+        assert 0.0 < c["p"] <= 1.0
+        assert c["ci95"][0] <= c["difference"] <= c["ci95"][1]
+
+
+def test_the_report_has_its_tables_and_plots(benchmark_output: Path) -> None:
+    # Execute
+    report = (benchmark_output / "report" / "README.md").read_text()
+
+    # Assert
+    assert "## ndcg@10, shots = all" in report
+    assert "## Paired tests, NDCG@10, shots = 2" in report
+    assert (benchmark_output / "report" / "steps.png").stat().st_size > 0
+    assert (benchmark_output / "report" / "shots.png").stat().st_size > 0
