@@ -39,6 +39,27 @@ logger = logging.getLogger(__name__)
 LOSS_SAMPLE = 1024  # support examples used to report the loss before and after
 
 
+_warned_crowded = False
+
+
+def _warn_if_crowded(num_items: int, num_buckets: int) -> None:
+    """Warn once when a catalogue crowds the hashed item tables.
+
+    Each product takes two of ``num_buckets`` rows; beyond about one product per four
+    rows, products share a row often enough to blur their vectors.
+    """
+    global _warned_crowded  # noqa: PLW0603 - a once-per-process warning
+    if num_items * 4 > num_buckets and not _warned_crowded:
+        _warned_crowded = True
+        logger.warning(
+            "model: %d products in one catalogue for %d hash rows: products will "
+            "share rows; raise num-buckets to at least %d",
+            num_items,
+            num_buckets,
+            num_items * 4,
+        )
+
+
 @dataclass(frozen=True)
 class MerchantData:
     """A merchant's support data, ready for the model.
@@ -68,6 +89,7 @@ class MerchantData:
             latest = items[-length:]
             histories[user, : len(latest)] = latest
         users, positions = np.nonzero(histories != PAD)
+        _warn_if_crowded(split.num_items, model.num_buckets)
         return cls(
             catalogue=item_buckets(split.item_ids, model.num_buckets),
             histories=histories,
