@@ -300,6 +300,7 @@ class SecureReptile:
             )
             return None
         bounded = clip_by_norm(mean, self.defence.clip_norm)
+        # Single deltas are hidden: the rate says whether the mean had to be bounded.
         summary.clip_rate = 1.0 if bounded.clipped else 0.0
         step = bounded.delta
         if self.defence.dp_noise_multiplier > 0:
