@@ -107,10 +107,12 @@ def arms(
     per_market: int,
     clips: Sequence[float],
     target_epsilon: float,
+    splits: Sequence[str] = tuple(SPLITS),
 ) -> tuple[list[Arm], dict[str, Any]]:
     """Every run of the experiment, and the privacy settings of each split."""
     result, privacy = [], {}
-    for split, (sources, targets) in SPLITS.items():
+    for split in splits:
+        sources, targets = SPLITS[split]
         data = DataConfig(
             data_format="xmarket",
             data_path=data_path,
@@ -162,6 +164,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--epsilon", type=float, default=8.0)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--splits", default=",".join(SPLITS), help=f"some of {', '.join(SPLITS)}"
+    )
     parser.add_argument("--out", default="")
     return parser.parse_args(argv)
 
@@ -181,6 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.merchants_per_market,
         clips,
         args.epsilon,
+        [split for split in args.splits.split(",") if split],
     )
     for split, facts in privacy.items():
         print(
