@@ -43,6 +43,10 @@ def save_checkpoint(run_dir: str | Path, checkpoint: Checkpoint) -> Path:
         _META_KEY: np.frombuffer(json.dumps(meta).encode(), np.uint8),
     }
     target = run_dir / CHECKPOINT_NAME
+    # A save killed mid-write leaves its temporary file: one writer per run
+    # directory, so any left now is stale.
+    for stale in run_dir.glob(".checkpoint-*.npz"):
+        stale.unlink(missing_ok=True)
     handle, temporary = tempfile.mkstemp(
         dir=run_dir, prefix=".checkpoint-", suffix=".npz"
     )

@@ -387,4 +387,6 @@ class Reptile(FedAvg):
                 "num-merchants": len(deltas),
             }
         )
-        return ArrayRecord(array_dict={k: Array(v) for k, v in theta.items()}), aggregated
+        return ArrayRecord(
+            array_dict={k: Array(v) for k, v in theta.items()}
+        ), aggregated
