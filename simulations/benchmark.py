@@ -226,14 +226,26 @@ def run_config_for(
 
 
 def train_federated(
-    engine: str, config: RunConfig, codec: str = "float32"
+    engine: str,
+    config: RunConfig,
+    codec: str = "float32",
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, np.ndarray]:
     """θ after federated training over the source merchants, on ``engine``."""
     merchants = source_merchants(config.data)
     if engine == "inprocess":
         from simulations.inprocess import run_inprocess
 
-        return run_inprocess(config, merchants, codec=codec).parameters
+        def on_round(server_round: int, _: dict[str, np.ndarray]) -> None:
+            if progress is not None:
+                progress(
+                    f"{config.meta.algorithm} round {server_round}/"
+                    f"{config.meta.num_rounds}"
+                )
+
+        return run_inprocess(
+            config, merchants, codec=codec, on_round=on_round
+        ).parameters
 
     from server.checkpoint import load_checkpoint
     from simulations.simulate import run_flower
@@ -310,7 +322,7 @@ def run_target(
     seeds: int,
     engine: str,
     codec: str,
-    progress: Callable[[str], None],
+    progress: Callable[[str, int], None],
 ) -> TargetResult:
     """Every arm on one target market, for every shots setting and seed."""
     model = settings.model
@@ -318,16 +330,22 @@ def run_target(
     fed_data = replace(data, source_markets=tuple(sources), target_markets=(target,))
     others = [splits[m] for m in sources]
 
+    def status(label: str) -> None:
+        progress(f"{target} seed {seed}: {label}", 0)
+
     def add(arm: str, shots: str, scores: ArmScores, chosen: str = "") -> None:
         result.scores.setdefault((arm, shots), []).append(scores)
         result.chosen.setdefault((arm, shots), []).append(chosen)
-        progress(f"{target} {arm} shots={shots}")
+        progress(f"{target} {arm} shots={shots}", 1)
 
     for seed in range(seeds):
         torch.manual_seed(seed)
         thetas = {
             algorithm: train_federated(
-                engine, run_config_for(settings, fed_data, algorithm, seed), codec
+                engine,
+                run_config_for(settings, fed_data, algorithm, seed),
+                codec,
+                status,
             )
             for algorithm in sorted({FEDERATED[a] for a in arms if a in FEDERATED})
         }
@@ -741,9 +759,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = []
     with tqdm(total=total, desc="benchmark", unit="arm", file=sys.stderr) as bar:
 
-        def progress(label: str) -> None:
+        def progress(label: str, done: int) -> None:
             bar.set_postfix_str(label)
-            bar.update(1)
+            bar.update(done)
 
         for target, sources in plan:
             results.append(
