@@ -16,9 +16,9 @@ and, every round, sends instead of its honest delta:
 The promotion raises one product's bias, the part of its score every customer shares,
 by enough to lift it ``PROMOTION_LOGITS`` after the mean of 8 merchants (scaled by
 8 / meta_lr: the model replacement of Bagdasaryan et al. 2020, "How To Backdoor
-Federated Learning", arXiv 1807.00459). The product is an ordinary one that no
-customer of the new merchants is shown in the clean run: sold by all of them, with
-the median rank of the catalogue.
+Federated Learning", arXiv 1807.00459). The product is sold by every new merchant
+and shown to as few of their customers as possible in the clean run
+(``promoted_item``).
 
 Each attack runs under each defence (``none``: the Reptile weighted mean, nothing else;
 ``clip``, ``median``, ``trimmed-mean`` alone; ``default``: the run-config defaults) on
@@ -256,9 +256,9 @@ def item_ranks(
     theta: dict[str, np.ndarray],
     merchants: Sequence[tuple[MarketSplit, MerchantData]],
     config: RunConfig,
-) -> dict[str, float]:
-    """Mean rank (0 = top) of every product all new merchants sell, over their
-    customers, after adaptation; a customer's own items are not ranked."""
+) -> dict[str, tuple[float, float]]:
+    """Exposure and mean rank (0 = top) of every product all new merchants sell, over
+    their customers, after adaptation; a customer's own items are not ranked."""
     shared = set(merchants[0][0].item_ids)
     for split, _ in merchants[1:]:
         shared &= set(split.item_ids)
@@ -268,6 +268,7 @@ def item_ranks(
         config.adapt.batch_size,
     )
     totals = dict.fromkeys(sorted(shared), 0.0)
+    shown = dict.fromkeys(sorted(shared), 0)
     users = 0
     for index, (split, data) in enumerate(merchants):
         adapted = adapt(theta, data, config.model, budget, seed=index).parameters
@@ -282,8 +283,9 @@ def item_ranks(
         for item in totals:
             code = int(np.flatnonzero(split.item_ids == item)[0])
             totals[item] += float(ranks[:, code].sum())
+            shown[item] += int((ranks[:, code] < 10).sum())
         users += split.num_users
-    return {item: total / users for item, total in totals.items()}
+    return {item: (shown[item] / users, totals[item] / users) for item in totals}
 
 
 def chance_exposure(splits: Sequence[MarketSplit], k: int = 10) -> float:
@@ -295,11 +297,15 @@ def chance_exposure(splits: Sequence[MarketSplit], k: int = 10) -> float:
     return sum(split.num_users * k / len(split.item_ids) for split in splits) / users
 
 
-def promoted_item(ranks: dict[str, float]) -> str:
-    """The product to promote: the one whose mean clean rank is the median of the
-    shared products', an ordinary product far from anyone's top 10."""
-    ordered = sorted(ranks, key=lambda item: (ranks[item], item))
-    return ordered[len(ordered) // 2]
+def promoted_item(ranks: dict[str, tuple[float, float]]) -> str:
+    """The product to promote: one that the fewest customers are shown in the clean
+    run, and among those the one whose mean rank is nearest the median: an ordinary
+    product, not one at the bottom of everyone's list."""
+    median = float(np.median([rank for _, rank in ranks.values()]))
+    return min(
+        ranks,
+        key=lambda item: (ranks[item][0], abs(ranks[item][1] - median), item),
+    )
 
 
 @dataclass(frozen=True)
