@@ -135,7 +135,7 @@ def arms(
             adapt=AdaptConfig(),
             data=data,
         )
-        result.append(Arm(split, "default-no-dp", base))
+        result.append(Arm(split, "defaults", base))
         uniform = replace(base.meta, weighting="uniform")
         for clip in clips:
             plain = DefenceConfig(clip_norm=clip, aggregation="mean")
@@ -151,6 +151,41 @@ def arms(
                 )
             )
     return result, privacy
+
+
+def report(
+    outcomes: Sequence[tuple[str, str, dict[str, float], float]],
+) -> list[dict[str, Any]]:
+    """One row per (split, arm, target market), DP arms beside their references;
+    printed as it goes."""
+    scores = {(split, name): s for split, name, s, _ in outcomes}
+    rows = []
+    for split, name, values, seconds in outcomes:
+        for market, value in values.items():
+            row: dict[str, Any] = {
+                "split": split,
+                "arm": name,
+                "target": market,
+                "ndcg@10": value,
+                "seconds": seconds,
+            }
+            if name.endswith("-dp"):
+                same = scores[(split, name.removesuffix("-dp"))][market]
+                default = scores[(split, "defaults")][market]
+                row["relative-to-same-without-dp"] = value / same
+                row["relative-to-default"] = value / default
+            rows.append(row)
+            print(
+                f"dp: {split:<14} {name:<14} {market}: ndcg@10 {value:.4f}"
+                + (
+                    f"  ({row['relative-to-same-without-dp']:.3f} of the same run "
+                    f"without DP, {row['relative-to-default']:.3f} of the defaults)"
+                    if "relative-to-default" in row
+                    else ""
+                ),
+                flush=True,
+            )
+    return rows
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -197,33 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         outcomes = list(pool.map(_run, runs))
-    scores = {(split, name): s for split, name, s, _ in outcomes}
-    rows = []
-    for split, name, values, seconds in outcomes:
-        for market, value in values.items():
-            row: dict[str, Any] = {
-                "split": split,
-                "arm": name,
-                "target": market,
-                "ndcg@10": value,
-                "seconds": seconds,
-            }
-            if name.endswith("-dp"):
-                same = scores[(split, name.removesuffix("-dp"))][market]
-                default = scores[(split, "default-no-dp")][market]
-                row["relative-to-same-without-dp"] = value / same
-                row["relative-to-default"] = value / default
-            rows.append(row)
-            print(
-                f"dp: {split:<14} {name:<14} {market}: ndcg@10 {value:.4f}"
-                + (
-                    f"  ({row['relative-to-same-without-dp']:.3f} of the same run "
-                    f"without DP, {row['relative-to-default']:.3f} of the defaults)"
-                    if "relative-to-default" in row
-                    else ""
-                ),
-                flush=True,
-            )
+    rows = report(outcomes)
     if args.out:
         Path(args.out).write_text(
             json.dumps(
