@@ -1,6 +1,8 @@
 """What secure aggregation costs: plain and SecAgg+ Reptile rounds side by side.
 
-    python -m simulations.secagg_cost [--merchants 10] [--rounds 3] [--out cost.json]
+    python -m simulations.secagg_cost [--merchants 10] [--rounds 5] [--out cost.json]
+    python -m simulations.secagg_cost --data ../shared/data/xmarket --sources de,fr \
+        --merchants-per-market 5            # 10 XMarket merchants
 
 Runs the same federation twice through Flower's simulation engine, one run after the
 other in one invocation: plain rounds, then SecAgg+ rounds (``secure-aggregation =
@@ -20,7 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from server.store import RoundStore, store_path
@@ -34,9 +36,14 @@ def round_seconds(run_dir: Path) -> list[float]:
 
 
 def measure(
-    merchants: int, rounds: int, secure: bool, work: Path, seed: int = 0
+    merchants: int,
+    rounds: int,
+    secure: bool,
+    work: Path,
+    seed: int = 0,
+    data: Mapping[str, str | int] | None = None,
 ) -> list[float]:
-    """Round times of one run, plain or SecAgg+."""
+    """Round times of one run, plain or SecAgg+; ``data`` selects real data."""
     run_dir = work / ("secagg" if secure else "plain")
     code = run_flower(
         {
@@ -46,6 +53,7 @@ def measure(
             "server-eval": False,
             "aggregation": "mean",
             "secure-aggregation": secure,
+            **(data or {}),
         },
         merchants,
     )
@@ -64,6 +72,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="", help="write the measurements as JSON")
+    parser.add_argument(
+        "--data", default="", help="XMarket directory (default: synthetic)"
+    )
+    parser.add_argument("--sources", default="de,fr", help="source markets (real data)")
+    parser.add_argument("--merchants-per-market", type=int, default=5)
     return parser.parse_args(argv)
 
 
@@ -72,20 +85,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="merchant-meta-secagg-"))
     started = time.monotonic()
-    plain = measure(args.merchants, args.rounds, False, work, args.seed)
-    secure = measure(args.merchants, args.rounds, True, work, args.seed)
+    data: dict[str, str | int] = {}
+    merchants = args.merchants
+    if args.data:
+        markets = [m for m in args.sources.split(",") if m]
+        data = {
+            "data-format": "xmarket",
+            "data-path": str(Path(args.data).resolve()),
+            "source-markets": args.sources,
+            "merchants-per-market": args.merchants_per_market,
+        }
+        merchants = len(markets) * args.merchants_per_market
+    plain = measure(merchants, args.rounds, False, work, args.seed, data)
+    secure = measure(merchants, args.rounds, True, work, args.seed, data)
     plain_median = statistics.median(plain[1:] or plain)
     secure_median = statistics.median(secure[1:] or secure)
     ratio = secure_median / plain_median
     print(
-        f"secagg cost: {args.merchants} merchants, {args.rounds} rounds each, first "
+        f"secagg cost: {merchants} merchants, {args.rounds} rounds each, first "
         f"left out: plain {plain_median:.2f}s per round, SecAgg+ "
         f"{secure_median:.2f}s per round, ratio {ratio:.2f}",
         flush=True,
     )
     if args.out:
         report = {
-            "merchants": args.merchants,
+            "merchants": merchants,
+            "data": data.get("data-path", "synthetic"),
             "rounds": args.rounds,
             "plain-seconds": plain,
             "secagg-seconds": secure,
