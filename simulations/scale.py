@@ -40,12 +40,12 @@ import json
 import multiprocessing
 import os
 import random
-import resource
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -129,6 +129,26 @@ def _cpu_seconds(pid: int) -> float:
     return 0.0
 
 
+def _label(pid: int) -> str:
+    """A short name for a process: its program, or the script Python runs."""
+    try:
+        words = [
+            w.decode(errors="replace")
+            for w in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if w
+        ]
+    except OSError:
+        return "gone"
+    if not words:
+        return "unknown"
+    program = Path(words[0]).name
+    if program.startswith("python") and len(words) > 1:
+        if words[1] == "-m" and len(words) > 2:
+            return words[2]
+        return Path(words[1]).name
+    return program.split()[0] if program.startswith("ray::") else program
+
+
 @dataclass
 class TreeMemory:
     """The processes under some roots, sampled: peak summed RSS and PSS, and the
@@ -145,6 +165,7 @@ class TreeMemory:
     peak_pss_kib: int = 0
     peak_processes: int = 0
     cpu_series: list[tuple[float, float]] = field(default_factory=list)
+    label_series: list[tuple[float, dict[str, float]]] = field(default_factory=list)
     _own_cpu: float = 0.0
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -157,10 +178,15 @@ class TreeMemory:
         self.peak_rss_kib = max(self.peak_rss_kib, sum(rss for rss, _ in totals))
         self.peak_pss_kib = max(self.peak_pss_kib, sum(pss for _, pss in totals))
         self.peak_processes = max(self.peak_processes, len(pids))
-        cpu = sum(_cpu_seconds(pid) for pid in pids)
+        by_label: dict[str, float] = defaultdict(float)
+        for pid in pids:
+            by_label[_label(pid)] += _cpu_seconds(pid)
+        cpu = sum(by_label.values())
         if os.getpid() in pids:
             cpu -= self._own_cpu
-        self.cpu_series.append((time.time(), cpu))
+        now = time.time()
+        self.cpu_series.append((now, cpu))
+        self.label_series.append((now, dict(by_label)))
         self._own_cpu += time.thread_time() - started
 
     def cpu_between(self, start: float, end: float) -> float:
@@ -174,6 +200,23 @@ class TreeMemory:
         times = np.array([t for t, _ in self.cpu_series])
         totals = np.maximum.accumulate(np.array([c for _, c in self.cpu_series]))
         return float(np.interp(end, times, totals) - np.interp(start, times, totals))
+
+    def cpu_by_process_between(self, start: float, end: float) -> dict[str, float]:
+        """CPU seconds per kind of process (``_label``) between two instants,
+        largest first; made non-decreasing per kind as in ``cpu_between``."""
+        if len(self.label_series) < 2:
+            return {}
+        times = np.array([t for t, _ in self.label_series])
+        labels = sorted({label for _, row in self.label_series for label in row})
+        used = {}
+        for label in labels:
+            totals = np.maximum.accumulate(
+                np.array([row.get(label, 0.0) for _, row in self.label_series])
+            )
+            used[label] = float(
+                np.interp(end, times, totals) - np.interp(start, times, totals)
+            )
+        return dict(sorted(used.items(), key=lambda item: -item[1]))
 
     def _loop(self) -> None:
         while not self._stop.wait(self.every):
@@ -217,6 +260,7 @@ class EngineRun:
     memory: dict[str, float]
     round_cpu_seconds: list[float] = field(default_factory=list)
     note: str = ""
+    cpu_by_process: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def measured(
@@ -239,6 +283,8 @@ class EngineRun:
             tree.figures(),
             [tree.cpu_between(start, end) for start, end in spans],
             note,
+            # The rounds after the first, per kind of process.
+            tree.cpu_by_process_between(spans[min(1, len(spans) - 1)][0], spans[-1][1]),
         )
 
     @property
@@ -274,6 +320,11 @@ class EngineRun:
             "round-cpu-seconds": [round(s, 2) for s in self.round_cpu_seconds],
             "steady-cpu-seconds-per-round": round(self.steady_cpu_seconds_per_round, 3),
             "wall-seconds": round(self.wall_seconds, 2),
+            "cpu-seconds-by-process-after-round-1": {
+                label: round(seconds, 2)
+                for label, seconds in self.cpu_by_process.items()
+                if seconds >= 0.01
+            },
             **self.memory,
             **({"note": self.note} if self.note else {}),
         }
@@ -724,8 +775,16 @@ def synthetic_codec_quality(
 # ---------------------------------------------------------------------------
 
 
-def _rss_kib() -> int:
-    return _memory_kib(os.getpid())[0]
+def _status_kib(key: str) -> int:
+    """A field of /proc/self/status in KiB (``VmRSS``: now, ``VmHWM``: peak).
+
+    ``VmHWM`` rather than ``getrusage``'s ``ru_maxrss``: Linux carries the latter
+    over from the parent a spawned process was forked from.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1])
+    raise ValueError(f"/proc/self/status has no {key}")
 
 
 def _adaptation_probe(repeats: int, queue: Any) -> None:
@@ -749,7 +808,7 @@ def _adaptation_probe(repeats: int, queue: Any) -> None:
         seed=0, per_market=1, users_per_merchant=250, interactions_per_user=(10, 10)
     )[0]
     theta = init_parameters(model, seed=0)
-    baseline_kib = _rss_kib()
+    baseline_kib = _status_kib("VmRSS")
 
     prepare_started = time.perf_counter()
     split = leave_one_out(merchant.interactions, merchant.market, seed=0)
@@ -761,7 +820,7 @@ def _adaptation_probe(repeats: int, queue: Any) -> None:
         wall, cpu = time.perf_counter(), time.process_time()
         adapt(theta, data, model, budget, seed=repeat)
         timings.append((time.perf_counter() - wall, time.process_time() - cpu))
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak_kib = _status_kib("VmHWM")
     queue.put(
         {
             "support-interactions": data.num_examples,
@@ -869,6 +928,13 @@ def _print_engines(title: str, runs: Sequence[EngineRun]) -> None:
         )
     print("  (round 1, later: wall seconds per round; CPU s: the tree's CPU seconds")
     print("   per later round; updates/s in later rounds)")
+    for run in runs:
+        later = max(len(run.round_seconds) - 1, 1)
+        top = ", ".join(
+            f"{label} {seconds / later:.2f}"
+            for label, seconds in list(run.cpu_by_process.items())[:6]
+        )
+        print(f"  CPU s per later round, {run.engine}: {top}")
     if len(runs) >= 2:
         framework, plain = runs[0], runs[-1]
         ratios = overhead_ratios(framework, plain)

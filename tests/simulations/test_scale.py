@@ -115,6 +115,37 @@ def test_cpu_between_interpolates_a_series_made_non_decreasing() -> None:
     assert tree.cpu_between(1.0, 2.0) == pytest.approx(0.0)
 
 
+def test_cpu_by_process_splits_the_time_by_kind_of_process() -> None:
+    # Prepare: a SuperLink at 1, 3, 3 CPU s and a worker at 0, 4, 10 at t = 0, 1, 2.
+    tree = scale.TreeMemory(lambda: [])
+    tree.label_series = [
+        (0.0, {"flower-superlink": 1.0, "ray::ClientAppActor.run": 0.0}),
+        (1.0, {"flower-superlink": 3.0, "ray::ClientAppActor.run": 4.0}),
+        (2.0, {"flower-superlink": 3.0, "ray::ClientAppActor.run": 10.0}),
+    ]
+
+    # Execute: from t = 0.5 (2 and 2) to t = 2 (3 and 10).
+    used = tree.cpu_by_process_between(0.5, 2.0)
+
+    # Assert: largest first.
+    assert list(used) == ["ray::ClientAppActor.run", "flower-superlink"]
+    assert used["ray::ClientAppActor.run"] == pytest.approx(8.0)
+    assert used["flower-superlink"] == pytest.approx(1.0)
+
+
+def test_a_process_is_labelled_by_the_module_python_runs() -> None:
+    # Prepare: a child running a module for a few seconds.
+    child = subprocess.Popen(
+        [sys.executable, "-m", "timeit", "-n", "1", "import time; time.sleep(5)"]
+    )
+    try:
+        # Execute / Assert
+        assert scale._label(child.pid) == "timeit"
+    finally:
+        child.kill()
+        child.wait(timeout=30)
+
+
 def test_tree_cpu_counts_a_busy_child() -> None:
     # Prepare: a child that spins for about a CPU second.
     child = subprocess.Popen(
