@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -139,8 +140,16 @@ def test_a_process_is_labelled_by_the_module_python_runs() -> None:
         [sys.executable, "-m", "timeit", "-n", "1", "import time; time.sleep(5)"]
     )
     try:
-        # Execute / Assert
-        assert scale._label(child.pid) == "timeit"
+        # Execute: until the child has replaced itself with Python (exec).
+        label = "unknown"
+        for _ in range(100):
+            label = scale._label(child.pid)
+            if label != "unknown":
+                break
+            time.sleep(0.02)
+
+        # Assert
+        assert label == "timeit"
     finally:
         child.kill()
         child.wait(timeout=30)
