@@ -468,7 +468,6 @@ def flower_check(
         raise RuntimeError(
             f"flower check: flwr run failed ({completed.returncode}):\n{tail}"
         )
-    log = completed.stdout + completed.stderr
     seconds = time.monotonic() - started
 
     # The same run in process.
@@ -488,10 +487,12 @@ def flower_check(
     shutil.rmtree(work, ignore_errors=True)
     return {
         "attack": attack,
-        "defence": defence.aggregation if defence.clip_norm <= 0 else "clip",
+        "defence": (
+            f"clip-norm {defence.clip_norm:g}, {defence.aggregation}"
+            f" (trim-fraction {defence.trim_fraction:g})"
+        ),
         "rounds": config.meta.num_rounds,
         "max-abs-difference": difference,
-        "rejected-lines": log.count("rejected"),
         "seconds": seconds,
     }
 
