@@ -204,7 +204,10 @@ def main(grid: Grid, context: Context) -> None:
             if new_arrays is not None:
                 arrays = new_arrays
 
-            # Persist before anything else can fail: θ first, then the round's facts.
+            # Persist before anything else can fail: the round's facts first, then θ.
+            # A crash between the two leaves the round recorded but θ at the round
+            # before; the resumed run repeats the round and its record replaces this
+            # one, so no round is lost or counted twice.
             theta = {name: array.numpy() for name, array in arrays.items()}
             # The run config travels with θ: a merchant adapting θ later needs the
             # model's shape and the adaptation budget (client.tools).
@@ -212,8 +215,8 @@ def main(grid: Grid, context: Context) -> None:
                 "codec": codec,
                 "run-config": dict(context.run_config),
             }
-            save_checkpoint(run_dir, Checkpoint(server_round, theta, facts))
             store.record_round(_record(summary, started))
+            save_checkpoint(run_dir, Checkpoint(server_round, theta, facts))
 
             # Evaluate the held-out new merchants every few rounds and at the end.
             evaluation = ""
