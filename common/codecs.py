@@ -78,9 +78,18 @@ def index_dtype(num_rows: int) -> type[np.unsignedinteger]:
 
 
 def int8_scale(array: np.ndarray) -> np.float32:
-    """The per-tensor scale ``max|x| / 127`` (0 for an all-zero tensor)."""
+    """The per-tensor scale ``max|x| / 127`` (0 for an all-zero tensor).
+
+    Rounded up to a float32 that is at least that: a peak below 127 times the
+    smallest normal float32 gives a subnormal scale, which float32 holds only to the
+    nearest subnormal step, and rounding it down would clip the peak (or, below one
+    step, send zeros).
+    """
     peak = float(np.max(np.abs(array))) if array.size else 0.0
-    return np.float32(peak / INT8_LEVELS)
+    scale = np.float32(peak / INT8_LEVELS)
+    if float(scale) * INT8_LEVELS < peak:
+        scale = np.nextafter(scale, np.float32(np.inf))
+    return np.float32(scale)
 
 
 def quantise(array: np.ndarray) -> tuple[np.ndarray, np.float32]:
