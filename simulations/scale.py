@@ -40,6 +40,7 @@ import json
 import multiprocessing
 import os
 import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -98,22 +99,29 @@ def _descendants(roots: Sequence[int]) -> set[int]:
     return found
 
 
-def _memory_kib(pid: int) -> tuple[int, int]:
-    """(RSS, PSS) of a process in KiB; zeros when it is gone.
+PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def _rss_kib(pid: int) -> int:
+    """Resident memory of a process in KiB (0 when it is gone); cheap to read."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_KIB
+    return 0
+
+
+def _pss_kib(pid: int) -> int:
+    """Proportional memory of a process in KiB (0 when it is gone).
 
     RSS counts shared pages (torch's libraries, Ray's shared object store) once per
     process, so its sum over a tree overstates; PSS divides each shared page among
-    the processes that map it, so its sum is the tree's real share of memory.
+    the processes that map it, so its sum is the tree's real share of memory. The
+    kernel walks the whole address space to answer, so it is read less often.
     """
-    rss = pss = 0
     with contextlib.suppress(OSError, ValueError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1])
         for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
             if line.startswith("Pss:"):
-                pss = int(line.split()[1])
-    return rss, pss
+                return int(line.split()[1])
+    return 0
 
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -130,7 +138,8 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def _label(pid: int) -> str:
-    """A short name for a process: its program, or the script Python runs."""
+    """A short name for a process: its program, the script or module Python runs
+    (``multiprocessing.spawn`` for a pool worker), or a Ray worker's actor class."""
     try:
         words = [
             w.decode(errors="replace")
@@ -139,14 +148,29 @@ def _label(pid: int) -> str:
         ]
     except OSError:
         return "gone"
+    return label_of(words)
+
+
+def label_of(words: Sequence[str]) -> str:
+    """The label of a command line (see ``_label``)."""
     if not words:
         return "unknown"
     program = Path(words[0]).name
-    if program.startswith("python") and len(words) > 1:
-        if words[1] == "-m" and len(words) > 2:
-            return words[2]
-        return Path(words[1]).name
-    return program.split()[0] if program.startswith("ray::") else program
+    if program.startswith("ray::"):  # "ray::ClientAppActor.run" while running
+        return program.split()[0].split(".")[0]
+    if not program.startswith("python"):
+        return program
+    arguments = iter(words[1:])
+    for word in arguments:
+        if word == "-m":
+            return next(arguments, "python -m")
+        if word == "-c":
+            code = next(arguments, "")
+            module = re.match(r"from (\S+) import", code)
+            return module.group(1) if module else "python -c"
+        if not word.startswith("-"):
+            return Path(word).name
+    return "python"
 
 
 @dataclass
@@ -161,6 +185,7 @@ class TreeMemory:
 
     roots: Callable[[], list[int]]
     every: float = 0.5
+    pss_every: int = 8  # samples between two PSS readings
     peak_rss_kib: int = 0
     peak_pss_kib: int = 0
     peak_processes: int = 0
@@ -174,16 +199,16 @@ class TreeMemory:
         """Measure the tree once and keep the peaks and the CPU time so far."""
         started = time.thread_time()
         pids = _descendants(self.roots())
-        totals = [_memory_kib(pid) for pid in pids]
-        self.peak_rss_kib = max(self.peak_rss_kib, sum(rss for rss, _ in totals))
-        self.peak_pss_kib = max(self.peak_pss_kib, sum(pss for _, pss in totals))
+        self.peak_rss_kib = max(self.peak_rss_kib, sum(_rss_kib(p) for p in pids))
+        if len(self.cpu_series) % self.pss_every == 0:
+            self.peak_pss_kib = max(self.peak_pss_kib, sum(_pss_kib(p) for p in pids))
         self.peak_processes = max(self.peak_processes, len(pids))
         by_label: dict[str, float] = defaultdict(float)
         for pid in pids:
             by_label[_label(pid)] += _cpu_seconds(pid)
+        if os.getpid() in pids:  # the sampler's own time is not the tree's work
+            by_label[_label(os.getpid())] -= self._own_cpu
         cpu = sum(by_label.values())
-        if os.getpid() in pids:
-            cpu -= self._own_cpu
         now = time.time()
         self.cpu_series.append((now, cpu))
         self.label_series.append((now, dict(by_label)))
@@ -240,6 +265,7 @@ class TreeMemory:
             "peak-rss-mb": round(self.peak_rss_kib * 1024 / 1e6, 1),
             "peak-pss-mb": round(self.peak_pss_kib * 1024 / 1e6, 1),
             "peak-processes": self.peak_processes,
+            "sampler-cpu-seconds": round(self._own_cpu, 2),
         }
 
 

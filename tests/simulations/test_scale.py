@@ -95,7 +95,7 @@ def test_tree_memory_counts_a_child_process() -> None:
     )
 
     # Execute
-    with scale.TreeMemory(lambda: [child.pid], every=0.1) as memory:
+    with scale.TreeMemory(lambda: [child.pid], every=0.1, pss_every=1) as memory:
         child.wait(timeout=30)
     figures = memory.figures()
 
@@ -153,6 +153,31 @@ def test_a_process_is_labelled_by_the_module_python_runs() -> None:
     finally:
         child.kill()
         child.wait(timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("words", "label"),
+    [
+        (
+            ["/v/bin/python3.11", "/v/bin/flower-superlink", "--insecure"],
+            "flower-superlink",
+        ),
+        (["ray::ClientAppActor.run"], "ray::ClientAppActor"),
+        (["ray::IDLE"], "ray::IDLE"),
+        (["/v/lib/ray/core/src/ray/raylet/raylet", "--port=1"], "raylet"),
+        (["python", "-m", "simulations.scale", "--quick"], "simulations.scale"),
+        (
+            ["python", "-B", "-s", "-c", "from multiprocessing.spawn import x; x()"],
+            "multiprocessing.spawn",
+        ),
+        (["python", "-c", "print(1)"], "python -c"),
+        ([], "unknown"),
+    ],
+)
+def test_command_lines_are_labelled_by_what_they_run(
+    words: list[str], label: str
+) -> None:
+    assert scale.label_of(words) == label
 
 
 def test_tree_cpu_counts_a_busy_child() -> None:
