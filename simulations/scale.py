@@ -127,14 +127,15 @@ def _pss_kib(pid: int) -> int:
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def _cpu_seconds(pid: int) -> float:
-    """CPU seconds of a process and of the children it has waited for."""
+def _cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU seconds of a process itself, and of the children it has waited for."""
     with contextlib.suppress(OSError, ValueError, IndexError):
         stat = Path(f"/proc/{pid}/stat").read_text()
         fields = stat[stat.rindex(")") + 2 :].split()
         # utime, stime, cutime, cstime: fields 14 to 17 of proc(5), after the name.
-        return sum(int(value) for value in fields[11:15]) / CLOCK_TICKS
-    return 0.0
+        ticks = [int(value) for value in fields[11:15]]
+        return (ticks[0] + ticks[1]) / CLOCK_TICKS, (ticks[2] + ticks[3]) / CLOCK_TICKS
+    return 0.0, 0.0
 
 
 def _label(pid: int) -> str:
@@ -190,7 +191,8 @@ class TreeMemory:
     peak_pss_kib: int = 0
     peak_processes: int = 0
     cpu_series: list[tuple[float, float]] = field(default_factory=list)
-    label_series: list[tuple[float, dict[str, float]]] = field(default_factory=list)
+    process_series: dict[int, list[tuple[float, float]]] = field(default_factory=dict)
+    labels: dict[int, str] = field(default_factory=dict)
     _own_cpu: float = 0.0
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -198,20 +200,25 @@ class TreeMemory:
     def sample(self) -> None:
         """Measure the tree once and keep the peaks and the CPU time so far."""
         started = time.thread_time()
+        now = time.time()
         pids = _descendants(self.roots())
         self.peak_rss_kib = max(self.peak_rss_kib, sum(_rss_kib(p) for p in pids))
         if len(self.cpu_series) % self.pss_every == 0:
             self.peak_pss_kib = max(self.peak_pss_kib, sum(_pss_kib(p) for p in pids))
         self.peak_processes = max(self.peak_processes, len(pids))
-        by_label: dict[str, float] = defaultdict(float)
+
+        # Total: each process and the children it reaped (short-lived ones too).
+        total = 0.0
         for pid in pids:
-            by_label[_label(pid)] += _cpu_seconds(pid)
-        if os.getpid() in pids:  # the sampler's own time is not the tree's work
-            by_label[_label(os.getpid())] -= self._own_cpu
-        cpu = sum(by_label.values())
-        now = time.time()
-        self.cpu_series.append((now, cpu))
-        self.label_series.append((now, dict(by_label)))
+            own, reaped = _cpu_seconds(pid)
+            if pid == os.getpid():  # the sampler's time is not the tree's work
+                own -= self._own_cpu
+            total += own + reaped
+            self.process_series.setdefault(pid, []).append((now, own))
+            label = _label(pid)
+            if label not in ("unknown", "gone"):  # exec'd, and not yet exiting
+                self.labels[pid] = label
+        self.cpu_series.append((now, total))
         self._own_cpu += time.thread_time() - started
 
     def cpu_between(self, start: float, end: float) -> float:
@@ -228,19 +235,23 @@ class TreeMemory:
 
     def cpu_by_process_between(self, start: float, end: float) -> dict[str, float]:
         """CPU seconds per kind of process (``_label``) between two instants,
-        largest first; made non-decreasing per kind as in ``cpu_between``."""
-        if len(self.label_series) < 2:
-            return {}
-        times = np.array([t for t, _ in self.label_series])
-        labels = sorted({label for _, row in self.label_series for label in row})
-        used = {}
-        for label in labels:
-            totals = np.maximum.accumulate(
-                np.array([row.get(label, 0.0) for _, row in self.label_series])
+        largest first.
+
+        Each process's own time (not its reaped children's) is followed from its
+        samples, under its last label; what processes too short-lived to be seen
+        used shows as "other (short-lived processes)".
+        """
+        used: dict[str, float] = defaultdict(float)
+        for pid, series in self.process_series.items():
+            times = np.array([t for t, _ in series])
+            totals = np.maximum.accumulate(np.array([c for _, c in series]))
+            first = np.interp(start, times, totals, left=0.0)
+            used[self.labels.get(pid, "unknown")] += float(
+                np.interp(end, times, totals, left=0.0) - first
             )
-            used[label] = float(
-                np.interp(end, times, totals) - np.interp(start, times, totals)
-            )
+        other = self.cpu_between(start, end) - sum(used.values())
+        if other > 0.01:
+            used["other (short-lived processes)"] = other
         return dict(sorted(used.items(), key=lambda item: -item[1]))
 
     def _loop(self) -> None:

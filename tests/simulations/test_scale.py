@@ -117,21 +117,29 @@ def test_cpu_between_interpolates_a_series_made_non_decreasing() -> None:
 
 
 def test_cpu_by_process_splits_the_time_by_kind_of_process() -> None:
-    # Prepare: a SuperLink at 1, 3, 3 CPU s and a worker at 0, 4, 10 at t = 0, 1, 2.
+    # Prepare: at t = 0, 1, 2 a SuperLink at 1, 3, 3 CPU s, a Ray worker at 0, 4, 10,
+    # and the tree's total at 1, 7, 15: 2 s more by t = 2 came from a process too
+    # short-lived to be sampled (reaped by a parent in the tree).
     tree = scale.TreeMemory(lambda: [])
-    tree.label_series = [
-        (0.0, {"flower-superlink": 1.0, "ray::ClientAppActor.run": 0.0}),
-        (1.0, {"flower-superlink": 3.0, "ray::ClientAppActor.run": 4.0}),
-        (2.0, {"flower-superlink": 3.0, "ray::ClientAppActor.run": 10.0}),
-    ]
+    tree.process_series = {
+        11: [(0.0, 1.0), (1.0, 3.0), (2.0, 3.0)],
+        12: [(0.0, 0.0), (1.0, 4.0), (2.0, 10.0)],
+    }
+    tree.labels = {11: "flower-superlink", 12: "ray::ClientAppActor"}
+    tree.cpu_series = [(0.0, 1.0), (1.0, 7.0), (2.0, 15.0)]
 
-    # Execute: from t = 0.5 (2 and 2) to t = 2 (3 and 10).
+    # Execute: from t = 0.5 (2, 2 and 4) to t = 2 (3, 10 and 15).
     used = tree.cpu_by_process_between(0.5, 2.0)
 
-    # Assert: largest first.
-    assert list(used) == ["ray::ClientAppActor.run", "flower-superlink"]
-    assert used["ray::ClientAppActor.run"] == pytest.approx(8.0)
+    # Assert: 1 and 8 s; of the total 11 s, 2 s were nobody sampled. Largest first.
+    assert list(used) == [
+        "ray::ClientAppActor",
+        "other (short-lived processes)",
+        "flower-superlink",
+    ]
+    assert used["ray::ClientAppActor"] == pytest.approx(8.0)
     assert used["flower-superlink"] == pytest.approx(1.0)
+    assert used["other (short-lived processes)"] == pytest.approx(2.0)
 
 
 def test_a_process_is_labelled_by_the_module_python_runs() -> None:
