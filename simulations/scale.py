@@ -914,6 +914,7 @@ class Plan:
     quality_rounds: int
     quality_seeds: int
     adaptation_repeats: int
+    codec: str = "float32"  # how merchants encode deltas in the timed runs
 
 
 def plan_for(args: argparse.Namespace) -> Plan:
@@ -931,6 +932,7 @@ def plan_for(args: argparse.Namespace) -> Plan:
             quality_rounds=2,
             quality_seeds=1,
             adaptation_repeats=3,
+            codec=args.codec,
         )
     return Plan(
         merchants=args.merchants,
@@ -944,6 +946,7 @@ def plan_for(args: argparse.Namespace) -> Plan:
         quality_rounds=args.quality_rounds,
         quality_seeds=3,
         adaptation_repeats=6,
+        codec=args.codec,
     )
 
 
@@ -1016,6 +1019,7 @@ def run(plan: Plan, skip: Sequence[str] = ()) -> dict[str, Any]:
         "merchants": plan.merchants,
         "per-round": plan.per_round,
         "rounds": plan.rounds,
+        "codec": plan.codec,
         "machine": {"cores": os.cpu_count(), "load-average-at-start": _load()},
         "plan": asdict(plan),
     }
@@ -1051,10 +1055,10 @@ def run(plan: Plan, skip: Sequence[str] = ()) -> dict[str, Any]:
     # The federation at scale: Flower's simulation engine beside the plain loop.
     if "flower" not in skip:
         flower = run_flower_simulation(
-            plan.merchants, plan.per_round, plan.rounds, workers=plan.workers
+            plan.merchants, plan.per_round, plan.rounds, plan.codec, plan.workers
         )
         plain = run_plain_loop(
-            plan.merchants, plan.per_round, plan.rounds, workers=plan.workers
+            plan.merchants, plan.per_round, plan.rounds, plan.codec, plan.workers
         )
         _print_engines(
             f"{plan.merchants} merchants, {plan.per_round} a round, "
@@ -1079,12 +1083,15 @@ def run(plan: Plan, skip: Sequence[str] = ()) -> dict[str, Any]:
 
     # The deployment engine at a small size, beside the plain loop at that size.
     if plan.deployment_merchants and "deployment" not in skip:
-        deployed = run_deployment(plan.deployment_merchants, plan.deployment_rounds)
+        deployed = run_deployment(
+            plan.deployment_merchants, plan.deployment_rounds, plan.codec
+        )
         plain_small = run_plain_loop(
             plan.deployment_merchants,
             plan.deployment_merchants,
             plan.deployment_rounds,
-            workers=plan.workers,
+            plan.codec,
+            plan.workers,
         )
         _print_engines(
             f"deployment engine, {plan.deployment_merchants} merchants on loopback",
@@ -1121,6 +1128,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", default="scale.json", help="JSON report")
     parser.add_argument(
         "--workers", type=int, default=2, help="Ray workers and plain-loop processes"
+    )
+    parser.add_argument(
+        "--codec",
+        default="float32",
+        choices=CODECS,
+        help="how merchants encode deltas in the timed runs",
     )
     parser.add_argument("--deployment-merchants", type=int, default=4)
     parser.add_argument("--deployment-rounds", type=int, default=2)
