@@ -547,7 +547,12 @@ def _plain_updates(
     codec = str(dict(run_config).get("codec", "float32"))
     results = []
     for index in indices:
-        merchant_id, data = _plain_merchant(run_config, index, num_merchants)
+        # A merchant whose data cannot be used fails alone, as its ClientApp would.
+        try:
+            merchant_id, data = _plain_merchant(run_config, index, num_merchants)
+        except ValueError as error:
+            print(f"scale: plain loop: merchant {index} failed: {error}")
+            continue
         delta, adapted = client_update(
             theta, data, merchant_id, config, server_round, codec
         )
