@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -381,8 +382,8 @@ def run_target(
                 )
             if "pooled-itemknn" in arms:
 
-                def pooled_factory(**kwargs: object) -> baselines.PooledItemKNNScorer:
-                    return baselines.PooledItemKNNScorer(others, **kwargs)  # type: ignore[arg-type]
+                def pooled_factory(**kwargs: Any) -> baselines.PooledItemKNNScorer:
+                    return baselines.PooledItemKNNScorer(others, **kwargs)
 
                 params = baselines.tune(
                     pooled_factory,

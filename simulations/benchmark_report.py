@@ -11,24 +11,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-ARM_ORDER = (
-    "popularity",
-    "itemknn",
-    "neumf-local",
-    "local",
-    "fedavg",
-    "fedavg-finetune",
-    "fomaml",
-    "reptile",
-    "pooled",
-    "pooled-itemknn",
-)
+from simulations.benchmark import ARMS
 
 
 def _table(results: list[dict[str, Any]], metric: str, shots: Any) -> list[str]:
     rows = [r for r in results if r["metric"] == metric and r["shots"] == shots]
     targets = sorted({r["target"] for r in rows})
-    arms = [a for a in ARM_ORDER if any(r["arm"] == a for r in rows)]
+    arms = [a for a in ARMS if any(r["arm"] == a for r in rows)]
     cell = {(r["arm"], r["target"]): r for r in rows}
     lines = [
         "| arm | " + " | ".join(targets) + " | mean |",
@@ -57,7 +46,7 @@ def _comparisons(
         "| target | reptile − arm | difference | 95% CI | p |",
         "|---|---|---|---|---|",
     ]
-    for c in sorted(rows, key=lambda c: (c["target"], ARM_ORDER.index(c["arm"]))):
+    for c in sorted(rows, key=lambda c: (c["target"], ARMS.index(c["arm"]))):
         lines.append(
             f"| {c['target']} | {c['arm']} | {c['difference']:+.4f} | "
             f"[{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}] | {c['p']:.4f} |"
@@ -96,7 +85,7 @@ def _plot_shots(results: list[dict[str, Any]], path: Path) -> bool:
         return False
     labels = [str(s) for s in shots]
     figure, axis = plt.subplots(figsize=(6.5, 4), dpi=110)
-    for arm in ARM_ORDER:
+    for arm in ARMS:
         means = []
         for s in shots:
             values = [r["mean"] for r in rows if r["arm"] == arm and r["shots"] == s]
