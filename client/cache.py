@@ -30,7 +30,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ import numpy as np
 from common.adapt import MerchantData
 from common.config import ModelConfig
 from common.data import DataError, TableColumns, load_interactions
+from common.files import write_npz_atomic
 from common.protocol import MarketSplit, leave_one_out
 
 logger = logging.getLogger(__name__)
@@ -227,19 +227,7 @@ def _read_entry(path: Path, digest: str) -> tuple[MarketSplit, MerchantData] | N
 
 def _write_entry(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write atomically: a temporary file in the same folder, renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(
-        dir=path.parent, prefix=".entry-", suffix=".npz"
-    )
-    try:
-        with os.fdopen(handle, "wb") as file:
-            np.savez(file, **arrays)  # type: ignore[arg-type]
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_npz_atomic(path, arrays, prefix=".entry-")
 
 
 def load_prepared(

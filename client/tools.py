@@ -26,8 +26,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -40,6 +38,7 @@ import typer
 from common.adapt import MerchantData, adapt
 from common.config import AdaptConfig, ModelConfig, from_run_config
 from common.data import DataError, TableColumns, load_interactions
+from common.files import write_npz_atomic
 from common.model import PAD, build_model
 from common.protocol import MarketSplit
 
@@ -124,16 +123,7 @@ def save_parameters(path: str | Path, parameters: Parameters) -> Path:
         **parameters.arrays,
         _META_KEY: np.frombuffer(json.dumps(meta).encode(), np.uint8),
     }
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".model-")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            np.savez(file, **arrays)  # type: ignore[arg-type]
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_npz_atomic(path, arrays, prefix=".model-")
     return path
 
 

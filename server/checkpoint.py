@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from common.files import write_npz_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -47,18 +48,7 @@ def save_checkpoint(run_dir: str | Path, checkpoint: Checkpoint) -> Path:
     # directory, so any left now is stale.
     for stale in run_dir.glob(".checkpoint-*.npz"):
         stale.unlink(missing_ok=True)
-    handle, temporary = tempfile.mkstemp(
-        dir=run_dir, prefix=".checkpoint-", suffix=".npz"
-    )
-    try:
-        with os.fdopen(handle, "wb") as file:
-            np.savez(file, **arrays)  # type: ignore[arg-type]
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_npz_atomic(target, arrays, prefix=".checkpoint-")
     directory = os.open(run_dir, os.O_RDONLY)
     try:
         os.fsync(directory)  # make the rename itself durable
