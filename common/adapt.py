@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass, replace
+from collections.abc import Collection
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -116,6 +117,8 @@ class AdaptResult:
     loss_before: float
     loss_after: float
     num_examples: int
+    # θ after each asked number of steps (see ``adapt``'s ``snapshots``).
+    snapshots: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
 def example_loss(
@@ -148,11 +151,15 @@ def adapt(
     model_config: ModelConfig,
     config: AdaptConfig,
     seed: int,
+    snapshots: Collection[int] = (),
 ) -> AdaptResult:
     """Run ``config.inner_steps`` Adam steps from ``parameters`` on ``data``.
 
     Deterministic for a given seed: minibatches are drawn from a seeded generator, so
     the same merchant in the same round produces the same delta under any engine.
+    For the same reason a run's first k steps are exactly a k-step run: ``snapshots``
+    keeps θ after each of those step counts (0 to ``inner_steps``), so several
+    adaptation budgets at one learning rate cost one run.
 
     Only the item-table rows the merchant's catalogue hashes to are trained, on a
     compact copy of those rows, and written back into θ. This is exact, not an
@@ -193,9 +200,29 @@ def adapt(
                 )
             )
 
+    outside = sorted(k for k in snapshots if not 0 <= k <= config.inner_steps)
+    if outside:
+        raise ValueError(
+            f"adapt: snapshots {outside} are outside 0..{config.inner_steps} steps"
+        )
+
+    def written_back() -> dict[str, np.ndarray]:
+        """θ with the adapted rows written back into a copy of its item tables."""
+        adapted = to_numpy(model)
+        for name in ITEM_TABLES:
+            table = np.array(parameters[name], dtype=np.float32, copy=True)
+            table[rows] = adapted[name]
+            adapted[name] = table
+        return adapted
+
+    kept: dict[int, dict[str, np.ndarray]] = {}
     loss_before = probe_loss()
     batch_size = min(config.batch_size, data.num_examples)
-    for _ in range(config.inner_steps):
+    for step in range(config.inner_steps + 1):
+        if step in snapshots:
+            kept[step] = written_back()
+        if step == config.inner_steps:
+            break
         batch = torch.randint(data.num_examples, (batch_size,), generator=generator)
         loss = example_loss(
             model, catalogue, histories, example_user[batch], example_position[batch]
@@ -212,13 +239,8 @@ def adapt(
         loss_after,
     )
 
-    # Write the adapted rows back into a copy of θ.
-    adapted = to_numpy(model)
-    for name in ITEM_TABLES:
-        table = np.array(parameters[name], dtype=np.float32, copy=True)
-        table[rows] = adapted[name]
-        adapted[name] = table
-    return AdaptResult(adapted, loss_before, loss_after, data.num_examples)
+    adapted = kept.get(config.inner_steps) or written_back()
+    return AdaptResult(adapted, loss_before, loss_after, data.num_examples, kept)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ the gradient of a separate query batch taken at the adapted weights.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 import torch
@@ -69,12 +69,15 @@ def train_pooled(
     model: ModelConfig,
     config: AdaptConfig,
     seed: int,
-) -> dict[str, np.ndarray]:
+    snapshots: Collection[int] = (),
+) -> dict[int, dict[str, np.ndarray]]:
     """Central training on several merchants' data pooled (a non-private reference).
 
     One model and one Adam optimiser; each step takes a minibatch from one merchant,
     chosen in proportion to its number of examples (each merchant keeps its own
-    catalogue for the softmax, as in federated training).
+    catalogue for the softmax, as in federated training). Returns θ after
+    ``config.inner_steps`` steps and after each step count of ``snapshots``, keyed by
+    step count, so that a training length can be chosen on validation in one run.
     """
     net = build_model(model, theta)
     optimizer = torch.optim.Adam(net.parameters(), lr=config.inner_lr)
@@ -90,7 +93,8 @@ def train_pooled(
         for d in datasets
     ]
     generator = torch.Generator().manual_seed(seed)
-    for _ in range(config.inner_steps):
+    kept = {0: to_numpy(net)} if 0 in snapshots or config.inner_steps == 0 else {}
+    for step in range(1, config.inner_steps + 1):
         index = int(rng.choice(len(datasets), p=sizes / sizes.sum()))
         catalogue, histories, users, positions = tensors[index]
         batch = torch.randint(
@@ -100,4 +104,6 @@ def train_pooled(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    return to_numpy(net)
+        if step in snapshots or step == config.inner_steps:
+            kept[step] = to_numpy(net)
+    return kept

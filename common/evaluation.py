@@ -61,6 +61,39 @@ def adapted_parameters(
     return adapt(theta, data, model, budget.as_adapt_config(), seed).parameters
 
 
+def adapted_budgets(
+    theta: dict[str, np.ndarray],
+    data: MerchantData,
+    model: ModelConfig,
+    budgets: Sequence[Budget],
+    seed: int,
+) -> dict[Budget, dict[str, np.ndarray]]:
+    """θ adapted with each of ``budgets``, as :func:`adapted_parameters` gives them.
+
+    Budgets that differ only in steps share one run (its first k steps are exactly a
+    k-step run with the same seed), so the cost is the longest of each learning rate.
+    """
+    runs: dict[tuple[float, int], list[Budget]] = {}
+    for budget in budgets:
+        runs.setdefault((budget.lr, budget.batch_size), []).append(budget)
+    adapted: dict[Budget, dict[str, np.ndarray]] = {}
+    for group in runs.values():
+        longest = max(group, key=lambda budget: budget.steps)
+        if longest.steps == 0:
+            adapted.update({budget: theta for budget in group})
+            continue
+        snapshots = adapt(
+            theta,
+            data,
+            model,
+            longest.as_adapt_config(),
+            seed,
+            snapshots={budget.steps for budget in group},
+        ).snapshots
+        adapted.update({budget: snapshots[budget.steps] for budget in group})
+    return adapted
+
+
 def score_merchant(
     parameters: dict[str, np.ndarray],
     data: MerchantData,

@@ -17,13 +17,17 @@ Flower's simulation engine (``--engine flower``, the default) or the in-process 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
+import multiprocessing
+import os
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from concurrent.futures import ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +47,9 @@ from common.config import (
     RunConfig,
 )
 from common.data import TableColumns, load_interactions
-from common.evaluation import Budget, adapted_parameters
+from common.evaluation import Budget, adapted_budgets
 from common.federation import source_merchants
+from common.files import write_text_atomic
 from common.metrics import (
     bootstrap_ci,
     full_catalogue_ranks,
@@ -115,7 +120,7 @@ class Settings:
 
 FULL = Settings(
     model=ModelConfig(embedding_dim=32, num_buckets=32768, max_history=50),
-    adapt=AdaptConfig(inner_steps=50, inner_lr=0.003, batch_size=256),
+    adapt=AdaptConfig(inner_steps=20, inner_lr=0.003, batch_size=256),
     rounds=10,
     merchants_per_market=2,
 )
@@ -189,8 +194,8 @@ def tuned_adaptation(
 ) -> tuple[Budget, dict[str, np.ndarray]]:
     """Adapt ``start`` with every budget of ``grid``; keep the best on validation."""
     best: tuple[float, Budget, dict[str, np.ndarray]] | None = None
-    for budget in grid[:search_budget]:
-        parameters = adapted_parameters(start, data, model, budget, seed)
+    chosen = grid[:search_budget]
+    for budget, parameters in adapted_budgets(start, data, model, chosen, seed).items():
         score = valid_ndcg(model_scores(parameters, data, split, model), split)
         if best is None or score > best[0]:
             best = (score, budget, parameters)
@@ -312,21 +317,29 @@ class TargetResult:
     steps_curve: dict[str, list[float]]
 
 
-def run_target(
-    target: str,
-    sources: Sequence[str],
+@dataclass(frozen=True)
+class Job:
+    """One unit of the benchmark: every arm on one target for one seed."""
+
+    target: str
+    sources: tuple[str, ...]
+    seed: int
+
+
+def run_job(
+    job: Job,
     splits: dict[str, MarketSplit],
     data: DataConfig,
     settings: Settings,
     arms: Sequence[str],
     shots_list: Sequence[str],
-    seeds: int,
     engine: str,
     codec: str,
     progress: Callable[[str, int], None],
 ) -> TargetResult:
-    """Every arm on one target market, for every shots setting and seed."""
+    """Every arm on one target market for one seed, for every shots setting."""
     model = settings.model
+    target, sources, seed = job.target, job.sources, job.seed
     result = TargetResult(target, {}, {}, {})
     fed_data = replace(data, source_markets=tuple(sources), target_markets=(target,))
     others = [splits[m] for m in sources]
@@ -337,194 +350,349 @@ def run_target(
     def add(arm: str, shots: str, scores: ArmScores, chosen: str = "") -> None:
         result.scores.setdefault((arm, shots), []).append(scores)
         result.chosen.setdefault((arm, shots), []).append(chosen)
-        progress(f"{target} {arm} shots={shots}", 1)
+        progress(f"{target} seed {seed}: {arm} shots={shots}", 1)
 
-    for seed in range(seeds):
-        torch.manual_seed(seed)
-        thetas = {
-            algorithm: train_federated(
-                engine,
-                run_config_for(settings, fed_data, algorithm, seed),
-                codec,
-                status,
+    torch.manual_seed(seed)
+    thetas = {
+        algorithm: train_federated(
+            engine,
+            run_config_for(settings, fed_data, algorithm, seed),
+            codec,
+            status,
+        )
+        for algorithm in sorted({FEDERATED[a] for a in arms if a in FEDERATED})
+    }
+    for shots in shots_list:
+        split = truncate_shots(splits[target], None if shots == "all" else int(shots))
+        merchant = MerchantData.from_split(split, model)
+
+        if "popularity" in arms:
+            add(
+                "popularity",
+                shots,
+                scores_from_catalogue(baselines.PopularityScorer().score(split), split),
             )
-            for algorithm in sorted({FEDERATED[a] for a in arms if a in FEDERATED})
-        }
-        for shots in shots_list:
-            split = truncate_shots(
-                splits[target], None if shots == "all" else int(shots)
+        if "itemknn" in arms:
+            params = baselines.tune(
+                baselines.ItemKNNScorer,
+                baselines.ITEMKNN_GRID,
+                split,
+                settings.search_budget,
+                seed,
             )
-            merchant = MerchantData.from_split(split, model)
+            add(
+                "itemknn",
+                shots,
+                scores_from_catalogue(
+                    baselines.ItemKNNScorer(**params).score(split), split
+                ),
+                str(params),
+            )
+        if "pooled-itemknn" in arms:
 
-            if "popularity" in arms:
-                add(
-                    "popularity",
-                    shots,
-                    scores_from_catalogue(
-                        baselines.PopularityScorer().score(split), split
-                    ),
-                )
-            if "itemknn" in arms:
-                params = baselines.tune(
-                    baselines.ItemKNNScorer,
-                    baselines.ITEMKNN_GRID,
-                    split,
-                    settings.search_budget,
-                    seed,
-                )
-                add(
-                    "itemknn",
-                    shots,
-                    scores_from_catalogue(
-                        baselines.ItemKNNScorer(**params).score(split), split
-                    ),
-                    str(params),
-                )
-            if "pooled-itemknn" in arms:
+            def pooled_factory(**kwargs: Any) -> baselines.PooledItemKNNScorer:
+                return baselines.PooledItemKNNScorer(others, **kwargs)
 
-                def pooled_factory(**kwargs: Any) -> baselines.PooledItemKNNScorer:
-                    return baselines.PooledItemKNNScorer(others, **kwargs)
-
-                params = baselines.tune(
-                    pooled_factory,
-                    baselines.ITEMKNN_GRID,
-                    split,
-                    settings.search_budget,
-                    seed,
+            params = baselines.tune(
+                pooled_factory,
+                baselines.ITEMKNN_GRID,
+                split,
+                settings.search_budget,
+                seed,
+            )
+            add(
+                "pooled-itemknn",
+                shots,
+                scores_from_catalogue(pooled_factory(**params).score(split), split),
+                str(params),
+            )
+        if "neumf-local" in arms:
+            scorer = baselines.NeuMFScorer(
+                epochs=settings.neumf_epochs, seed=seed, threads=1
+            )
+            add(
+                "neumf-local",
+                shots,
+                scores_from_catalogue(scorer.score(split), split),
+                "published configuration",
+            )
+        if "local" in arms:
+            budget, parameters = tuned_adaptation(
+                init_parameters(model, seed),
+                merchant,
+                split,
+                model,
+                LOCAL_GRID,
+                seed,
+                settings.search_budget,
+            )
+            add(
+                "local",
+                shots,
+                scores_from_catalogue(
+                    model_scores(parameters, merchant, split, model), split
+                ),
+                f"{budget.steps} steps, lr {budget.lr}",
+            )
+        if "fedavg" in arms:
+            add(
+                "fedavg",
+                shots,
+                scores_from_catalogue(
+                    model_scores(thetas["fedavg"], merchant, split, model), split
+                ),
+                "no adaptation",
+            )
+        for arm in ("fedavg-finetune", "fomaml", "reptile"):
+            if arm not in arms:
+                continue
+            start = thetas[FEDERATED[arm]]
+            budget, parameters = tuned_adaptation(
+                start,
+                merchant,
+                split,
+                model,
+                ADAPT_GRID,
+                seed,
+                settings.search_budget,
+            )
+            add(
+                arm,
+                shots,
+                scores_from_catalogue(
+                    model_scores(parameters, merchant, split, model), split
+                ),
+                f"{budget.steps} steps, lr {budget.lr}",
+            )
+            if seed == 0 and shots == shots_list[0]:
+                result.steps_curve[arm] = steps_curve(
+                    start, merchant, split, model, budget.lr, seed
                 )
-                add(
-                    "pooled-itemknn",
-                    shots,
-                    scores_from_catalogue(pooled_factory(**params).score(split), split),
-                    str(params),
-                )
-            if "neumf-local" in arms:
-                scorer = baselines.NeuMFScorer(
-                    epochs=settings.neumf_epochs, seed=seed, threads=1
-                )
-                add(
-                    "neumf-local",
-                    shots,
-                    scores_from_catalogue(scorer.score(split), split),
-                    "published configuration",
-                )
-            if "local" in arms:
-                budget, parameters = tuned_adaptation(
-                    init_parameters(model, seed),
-                    merchant,
-                    split,
-                    model,
-                    LOCAL_GRID,
-                    seed,
-                    settings.search_budget,
-                )
-                add(
-                    "local",
-                    shots,
-                    scores_from_catalogue(
-                        model_scores(parameters, merchant, split, model), split
-                    ),
-                    f"{budget.steps} steps, lr {budget.lr}",
-                )
-            if "fedavg" in arms:
-                add(
-                    "fedavg",
-                    shots,
-                    scores_from_catalogue(
-                        model_scores(thetas["fedavg"], merchant, split, model), split
-                    ),
-                    "no adaptation",
-                )
-            for arm in ("fedavg-finetune", "fomaml", "reptile"):
-                if arm not in arms:
-                    continue
-                start = thetas[FEDERATED[arm]]
-                budget, parameters = tuned_adaptation(
-                    start,
-                    merchant,
-                    split,
-                    model,
-                    ADAPT_GRID,
-                    seed,
-                    settings.search_budget,
-                )
-                add(
-                    arm,
-                    shots,
-                    scores_from_catalogue(
-                        model_scores(parameters, merchant, split, model), split
-                    ),
-                    f"{budget.steps} steps, lr {budget.lr}",
-                )
-                if seed == 0 and shots == shots_list[0]:
-                    result.steps_curve[arm] = [
-                        float(
-                            ndcg(
-                                rank_of_positive(
-                                    *_picked(
-                                        adapted_parameters(
-                                            start,
-                                            merchant,
-                                            model,
-                                            Budget(steps, budget.lr, budget.batch_size),
-                                            seed,
-                                        ),
-                                        merchant,
-                                        split,
-                                        model,
-                                    )
-                                )
-                            ).mean()
-                        )
-                        for steps in STEPS_CURVE
-                    ]
-            if "local" in arms and seed == 0 and shots == shots_list[0]:
-                start = init_parameters(model, seed)
-                result.steps_curve["local"] = [
-                    float(
-                        ndcg(
-                            rank_of_positive(
-                                *_picked(
-                                    adapted_parameters(
-                                        start,
-                                        merchant,
-                                        model,
-                                        Budget(steps, 0.003, 256),
-                                        seed,
-                                    ),
-                                    merchant,
-                                    split,
-                                    model,
-                                )
-                            )
-                        ).mean()
-                    )
-                    for steps in STEPS_CURVE
-                ]
-            if "pooled" in arms:
-                pooled_sources = [
-                    MerchantData.from_split(m.split, model)
-                    for m in source_merchants(fed_data)
-                ]
-                steps = (
-                    settings.rounds * settings.adapt.inner_steps * len(pooled_sources)
-                )
-                parameters = train_pooled(
-                    init_parameters(model, seed),
-                    [*pooled_sources, merchant],
-                    model,
-                    replace(settings.adapt, inner_steps=steps),
-                    seed,
-                )
-                add(
-                    "pooled",
-                    shots,
-                    scores_from_catalogue(
-                        model_scores(parameters, merchant, split, model), split
-                    ),
-                    f"{steps} central steps",
-                )
+        if "local" in arms and seed == 0 and shots == shots_list[0]:
+            result.steps_curve["local"] = steps_curve(
+                init_parameters(model, seed), merchant, split, model, 0.003, seed
+            )
+        if "pooled" in arms:
+            # Central training on the sources and the target's support, as long as
+            # the federated training's total steps at most; the length is chosen
+            # on validation items from the search budget's checkpoints of one run.
+            pooled_sources = [
+                MerchantData.from_split(m.split, model)
+                for m in source_merchants(fed_data)
+            ]
+            longest = settings.rounds * settings.adapt.inner_steps * len(pooled_sources)
+            lengths = [
+                longest >> halvings
+                for halvings in reversed(range(settings.search_budget))
+            ]
+            trained = train_pooled(
+                init_parameters(model, seed),
+                [*pooled_sources, merchant],
+                model,
+                replace(settings.adapt, inner_steps=longest),
+                seed,
+                snapshots=lengths,
+            )
+            steps = max(
+                lengths,
+                key=lambda n: valid_ndcg(
+                    model_scores(trained[n], merchant, split, model), split
+                ),
+            )
+            add(
+                "pooled",
+                shots,
+                scores_from_catalogue(
+                    model_scores(trained[steps], merchant, split, model), split
+                ),
+                f"{steps} central steps",
+            )
     return result
+
+
+def combine(results: Sequence[TargetResult]) -> list[TargetResult]:
+    """One result per target holding every seed's scores, in job order."""
+    merged: dict[str, TargetResult] = {}
+    for result in results:
+        into = merged.setdefault(result.target, TargetResult(result.target, {}, {}, {}))
+        for key, runs in result.scores.items():
+            into.scores.setdefault(key, []).extend(runs)
+        for key, chosen in result.chosen.items():
+            into.chosen.setdefault(key, []).extend(chosen)
+        into.steps_curve.update(result.steps_curve)  # only seed 0 draws the curves
+    return list(merged.values())
+
+
+def result_to_json(result: TargetResult) -> dict[str, Any]:
+    """A finished job as plain JSON (kept on disk so a rerun can skip it)."""
+    return {
+        "target": result.target,
+        "scores": {
+            f"{arm}|{shots}": [
+                {
+                    "ndcg": s.ndcg.tolist(),
+                    "hr": s.hr.tolist(),
+                    "full": s.ndcg_full.tolist(),
+                }
+                for s in runs
+            ]
+            for (arm, shots), runs in result.scores.items()
+        },
+        "chosen": {f"{a}|{s}": c for (a, s), c in result.chosen.items()},
+        "steps_curve": result.steps_curve,
+    }
+
+
+def result_from_json(document: dict[str, Any]) -> TargetResult:
+    """The inverse of :func:`result_to_json`."""
+
+    def key(text: str) -> tuple[str, str]:
+        arm, shots = text.split("|")
+        return arm, shots
+
+    return TargetResult(
+        target=document["target"],
+        scores={
+            key(k): [
+                ArmScores(np.array(r["ndcg"]), np.array(r["hr"]), np.array(r["full"]))
+                for r in runs
+            ]
+            for k, runs in document["scores"].items()
+        },
+        chosen={key(k): list(v) for k, v in document["chosen"].items()},
+        steps_curve=document["steps_curve"],
+    )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What every job shares: the data, the settings, the arms and shots."""
+
+    splits: dict[str, MarketSplit]
+    data: DataConfig
+    settings: Settings
+    arms: tuple[str, ...]
+    shots_list: tuple[str, ...]
+    engine: str
+    codec: str
+
+    def job_key(self, job: Job) -> str:
+        """A digest of everything that decides a job's result."""
+        text = json.dumps(
+            [
+                asdict(job),
+                repr(self.settings),
+                repr(replace(self.data, data_path=Path(self.data.data_path).name)),
+                self.arms,
+                self.shots_list,
+                self.engine,
+                self.codec,
+            ]
+        )
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _job_in_worker(plan: Plan, job: Job, queue: Any) -> TargetResult:
+    """Run one job in a worker process, reporting progress through ``queue``."""
+    torch.set_num_threads(1)
+
+    def progress(label: str, done: int) -> None:
+        queue.put((label, done))
+
+    return run_job(
+        job,
+        plan.splits,
+        plan.data,
+        plan.settings,
+        plan.arms,
+        plan.shots_list,
+        plan.engine,
+        plan.codec,
+        progress,
+    )
+
+
+def run_jobs(
+    plan: Plan,
+    jobs: Sequence[Job],
+    workers: int,
+    parts: Path | None,
+    progress: Callable[[str, int], None],
+) -> list[TargetResult]:
+    """Run ``jobs`` on ``workers`` processes; keep each finished job under ``parts``.
+
+    A job whose part is already there (same data, settings, arms and shots) is read
+    back instead of run again, so an interrupted benchmark resumes where it stopped.
+    """
+    done: dict[Job, TargetResult] = {}
+    if parts is not None:
+        parts.mkdir(parents=True, exist_ok=True)
+        for job in jobs:
+            path = parts / f"{job.target}-seed{job.seed}-{plan.job_key(job)}.json"
+            if path.exists():
+                done[job] = result_from_json(json.loads(path.read_text()))
+                progress(f"{job.target} seed {job.seed}: read back from {path}", 0)
+                progress("", len(plan.arms) * len(plan.shots_list))
+
+    def keep(job: Job, result: TargetResult) -> None:
+        done[job] = result
+        if parts is not None:
+            path = parts / f"{job.target}-seed{job.seed}-{plan.job_key(job)}.json"
+            write_text_atomic(path, json.dumps(result_to_json(result)))
+
+    pending = [job for job in jobs if job not in done]
+    if workers <= 1 or len(pending) <= 1:
+        for job in pending:
+            keep(
+                job,
+                run_job(
+                    job,
+                    plan.splits,
+                    plan.data,
+                    plan.settings,
+                    plan.arms,
+                    plan.shots_list,
+                    plan.engine,
+                    plan.codec,
+                    progress,
+                ),
+            )
+        return combine([done[job] for job in jobs])
+
+    context = multiprocessing.get_context("spawn")
+    with (
+        context.Manager() as manager,
+        ProcessPoolExecutor(min(workers, len(pending)), mp_context=context) as pool,
+    ):
+        queue = manager.Queue()
+        futures = {
+            pool.submit(_job_in_worker, plan, job, queue): job for job in pending
+        }
+        remaining = set(futures)
+        while remaining:
+            finished, remaining = wait(remaining, timeout=0.5)
+            while not queue.empty():
+                progress(*queue.get())
+            for future in finished:
+                keep(futures[future], future.result())
+    return combine([done[job] for job in jobs])
+
+
+def steps_curve(
+    start: dict[str, np.ndarray],
+    data: MerchantData,
+    split: MarketSplit,
+    model: ModelConfig,
+    lr: float,
+    seed: int,
+) -> list[float]:
+    """Test NDCG@10 after each of ``STEPS_CURVE`` adaptation steps (for the plot)."""
+    budgets = [Budget(steps, lr, 256) for steps in STEPS_CURVE]
+    adapted = adapted_budgets(start, data, model, budgets, seed)
+    return [
+        float(ndcg(rank_of_positive(*_picked(adapted[b], data, split, model))).mean())
+        for b in budgets
+    ]
 
 
 def _picked(
@@ -647,6 +815,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--merchants-per-market", type=int, default=None)
     parser.add_argument("--engine", default="flower", choices=["flower", "inprocess"])
     parser.add_argument("--codec", default="float32")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="jobs (target, seed) run at once in separate processes (default: one "
+        "per core with --engine inprocess, 1 with flower)",
+    )
     parser.add_argument("--out", default=None, help="JSON results")
     parser.add_argument(
         "--report", default=None, help="directory for the Markdown report and plots"
@@ -740,46 +915,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         market_col=args.market_col or "",
         implicit=args.implicit,
     )
-    plan = []
+    jobs: list[Job] = []
     for target in targets:
         sources = [m for m in args.sources.split(",") if m] or [
             m for m in markets if m != target
         ]
         if args.quick:
             sources = sources[:2]
-        plan.append((target, sources))
-    total = len(plan) * args.seeds * len(shots_list) * len(arms)
+        jobs.extend(Job(target, tuple(sources), seed) for seed in range(args.seeds))
+    plan = Plan(
+        splits, data, settings, tuple(arms), tuple(shots_list), args.engine, args.codec
+    )
+    workers = args.workers
+    if workers is None:  # Flower's simulations each start their own SuperLink
+        workers = 1 if args.engine == "flower" else (os.cpu_count() or 1)
+    parts = Path(f"{args.out}.parts") if args.out else None
+    total = len(jobs) * len(shots_list) * len(arms)
     logger.info(
-        "benchmark: %d targets, arms %s, shots %s, %d seeds, engine %s",
-        len(plan),
+        "benchmark: %d targets x %d seeds on %d workers, arms %s, shots %s, engine %s",
+        len(targets),
+        args.seeds,
+        workers,
         ",".join(arms),
         ",".join(shots_list),
-        args.seeds,
         args.engine,
     )
-    results = []
     with tqdm(total=total, desc="benchmark", unit="arm", file=sys.stderr) as bar:
 
         def progress(label: str, done: int) -> None:
-            bar.set_postfix_str(label)
+            if label:
+                bar.set_postfix_str(label)
             bar.update(done)
 
-        for target, sources in plan:
-            results.append(
-                run_target(
-                    target,
-                    sources,
-                    splits,
-                    data,
-                    settings,
-                    arms,
-                    shots_list,
-                    args.seeds,
-                    args.engine,
-                    args.codec,
-                    progress,
-                )
-            )
+        results = run_jobs(plan, jobs, workers, parts, progress)
     summary = summarise(results)
     elapsed = time.monotonic() - started
     for metric in METRICS:

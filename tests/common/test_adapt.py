@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -111,6 +112,32 @@ def test_delta_is_zero_on_the_rows_of_items_the_merchant_never_saw() -> None:
     assert np.abs(delta["target_items.weight"][sorted(seen_rows)]).max() > 0
     assert np.abs(delta["history_items.weight"][sorted(seen_rows)]).max() > 0
     assert np.abs(delta["user_transform.weight"]).max() > 0
+
+
+def test_a_snapshot_after_k_steps_is_exactly_a_k_step_run() -> None:
+    # Prepare
+    _, data = _merchant()
+    theta = init_parameters(MODEL, seed=0)
+
+    # Execute
+    long = adapt(theta, data, MODEL, INNER, seed=3, snapshots={0, 7, 20})
+    short = adapt(theta, data, MODEL, replace(INNER, inner_steps=7), seed=3)
+
+    # Assert: bit for bit, and 0 steps is θ itself.
+    assert set(long.snapshots) == {0, 7, 20}
+    for name in theta:
+        np.testing.assert_array_equal(long.snapshots[7][name], short.parameters[name])
+        np.testing.assert_array_equal(long.snapshots[0][name], theta[name])
+        np.testing.assert_array_equal(long.snapshots[20][name], long.parameters[name])
+    assert not np.array_equal(
+        long.snapshots[7]["target_items.weight"], long.parameters["target_items.weight"]
+    )
+
+
+def test_adapt_rejects_snapshots_beyond_its_steps() -> None:
+    _, data = _merchant()
+    with pytest.raises(ValueError, match=r"snapshots \[21\] are outside 0..20"):
+        adapt(init_parameters(MODEL, 0), data, MODEL, INNER, seed=0, snapshots={21})
 
 
 def test_adapt_rejects_a_merchant_without_support_data() -> None:

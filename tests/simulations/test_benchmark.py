@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from common import synthetic
+from simulations import benchmark
 from simulations.benchmark import main
 
 ARMS = ("popularity", "itemknn", "local", "fedavg", "reptile")
@@ -44,29 +45,37 @@ def _order_log(path: Path) -> None:
     pd.concat([table, noise, missing, duplicates]).to_csv(path, index=False)
 
 
+def _arguments(directory: Path, out: str, *extra: str) -> list[str]:
+    return [
+        "--data", str(directory / "orders.csv"),
+        "--format", "table",
+        "--user-col", "CustomerID",
+        "--item-col", "StockCode",
+        "--time-col", "InvoiceDate",
+        "--value-col", "Quantity",
+        "--market-col", "Country",
+        "--implicit",
+        "--targets", "SO",
+        "--engine", "inprocess",
+        "--quick",
+        "--out", str(directory / out),
+        *extra,
+    ]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def benchmark_output(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("benchmark")
     _order_log(directory / "orders.csv")
     code = main(
-        [
-            "--data", str(directory / "orders.csv"),
-            "--format", "table",
-            "--user-col", "CustomerID",
-            "--item-col", "StockCode",
-            "--time-col", "InvoiceDate",
-            "--value-col", "Quantity",
-            "--market-col", "Country",
-            "--implicit",
-            "--targets", "SO",
+        _arguments(
+            directory,
+            "results.json",
             "--shots", "all,2",
             "--seeds", "1",
             "--arms", ",".join(ARMS),
-            "--engine", "inprocess",
-            "--quick",
-            "--out", str(directory / "results.json"),
             "--report", str(directory / "report"),
-        ]
+        )
     )  # fmt: skip
     assert code == 0
     return directory
@@ -122,3 +131,60 @@ def test_the_report_has_its_tables_and_plots(benchmark_output: Path) -> None:
     assert "## Paired tests, NDCG@10, shots = 2" in report
     assert (benchmark_output / "report" / "steps.png").stat().st_size > 0
     assert (benchmark_output / "report" / "shots.png").stat().st_size > 0
+
+
+def test_a_rerun_reads_finished_jobs_back_instead_of_running_them(
+    benchmark_output: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Arrange: the first run left its finished job beside its results.
+    before = json.loads((benchmark_output / "results.json").read_text())["results"]
+    assert list((benchmark_output / "results.json.parts").glob("SO-seed0-*.json"))
+
+    def must_not_run(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a finished job was run again")
+
+    monkeypatch.setattr(benchmark, "run_job", must_not_run)
+
+    # Execute
+    code = main(
+        _arguments(
+            benchmark_output,
+            "results.json",
+            "--shots", "all,2",
+            "--seeds", "1",
+            "--arms", ",".join(ARMS),
+        )
+    )  # fmt: skip
+
+    # Assert
+    assert code == 0
+    after = json.loads((benchmark_output / "results.json").read_text())["results"]
+    assert after == before
+
+
+def test_worker_processes_give_the_scores_of_one_process(
+    benchmark_output: Path,
+) -> None:
+    # Execute: two seeds, once in two worker processes and once in this one.
+    documents = []
+    for workers in ("2", "1"):
+        code = main(
+            _arguments(
+                benchmark_output,
+                f"workers-{workers}.json",
+                "--shots", "all",
+                "--seeds", "2",
+                "--arms", "popularity,reptile",
+                "--workers", workers,
+            )
+        )  # fmt: skip
+        assert code == 0
+        documents.append(
+            json.loads((benchmark_output / f"workers-{workers}.json").read_text())
+        )
+
+    # Assert: the same per-seed means, seed by seed, and the seeds differ.
+    parallel, serial = ({(r["arm"], r["metric"]): r["seeds"] for r in d["results"]}
+                        for d in documents)  # fmt: skip
+    assert parallel == serial
+    assert parallel[("reptile", "ndcg@10")][0] != parallel[("reptile", "ndcg@10")][1]
