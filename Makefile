@@ -38,8 +38,8 @@ browser:
 
 benchmark: $(STAMP)
 	$(PY) -m simulations.benchmark --data ../shared/data/xmarket --format xmarket \
-		--leave-one-market-out --shots all,3,1 --seeds 3 \
-		--out docs/benchmark.json --report docs/benchmark
+		--leave-one-market-out --shots all,3,1 --seeds 3 --engine inprocess \
+		--out docs/benchmark/benchmark.json --report docs/benchmark
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

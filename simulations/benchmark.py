@@ -640,7 +640,11 @@ def run_jobs(
             path = parts / f"{job.target}-seed{job.seed}-{plan.job_key(job)}.json"
             write_text_atomic(path, json.dumps(result_to_json(result)))
 
-    pending = [job for job in jobs if job not in done]
+    # Largest targets first, so that no worker is left with a long job at the end.
+    pending = sorted(
+        (job for job in jobs if job not in done),
+        key=lambda job: -plan.splits[job.target].num_users,
+    )
     if workers <= 1 or len(pending) <= 1:
         for job in pending:
             keep(
@@ -902,8 +906,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(
             f"benchmark: markets {missing} not in {args.data}; found {markets}"
         )
-    if args.quick:
-        targets = targets[:1]
+    if args.quick:  # the target with the fewest users: the quickest to score
+        targets = [min(targets, key=lambda market: splits[market].num_users)]
     data = DataConfig(
         data_format=args.format,
         data_path=str(Path(args.data).resolve()),
