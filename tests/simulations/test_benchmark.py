@@ -128,6 +128,8 @@ def test_the_report_has_its_tables_and_plots(benchmark_output: Path) -> None:
 
     # Assert
     assert "## ndcg@10, shots = all" in report
+    assert "## Targets: ndcg@10, shots = 2" in report
+    assert "| SO | " in report.split("## Targets: ndcg@10, shots = all")[1]
     assert "## Paired tests, NDCG@10, shots = 2" in report
     assert (benchmark_output / "report" / "steps.png").stat().st_size > 0
     assert (benchmark_output / "report" / "shots.png").stat().st_size > 0
