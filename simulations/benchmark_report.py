@@ -198,13 +198,19 @@ def _plot_shots(results: list[dict[str, Any]], path: Path) -> bool:
 
 
 def write_benchmark_report(document: dict[str, Any], directory: Path) -> Path:
-    """Write ``DIRECTORY/README.md`` and its plots from the benchmark's JSON."""
+    """Write ``DIRECTORY/README.md`` and its plots from the benchmark's JSON.
+
+    A hand-written ``DIRECTORY/notes.md`` (what the numbers mean, what was tried) is
+    placed under the title, so a rerun refreshes every number and keeps the reading.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     results, comparisons = document["results"], document["comparisons"]
     settings = document.get("settings", {})
-    lines = [
-        "# Cold-start benchmark",
-        "",
+    lines = ["# Cold-start benchmark", ""]
+    notes = directory / "notes.md"
+    if notes.exists():  # the authors' reading of the results, kept across reruns
+        lines += [notes.read_text().strip(), ""]
+    lines += [
         "Produced by:",
         "",
         f"    {document.get('command', '')}",

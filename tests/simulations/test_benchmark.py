@@ -13,6 +13,7 @@ import pytest
 from common import synthetic
 from simulations import benchmark
 from simulations.benchmark import main
+from simulations.benchmark_report import write_benchmark_report
 
 ARMS = ("popularity", "itemknn", "local", "fedavg", "reptile")
 
@@ -190,3 +191,20 @@ def test_worker_processes_give_the_scores_of_one_process(
                         for d in documents)  # fmt: skip
     assert parallel == serial
     assert parallel[("reptile", "ndcg@10")][0] != parallel[("reptile", "ndcg@10")][1]
+
+
+def test_a_rewritten_report_keeps_the_hand_written_notes(
+    benchmark_output: Path, tmp_path: Path
+) -> None:
+    # Arrange
+    document = json.loads((benchmark_output / "results.json").read_text())
+    (tmp_path / "notes.md").write_text("## What it shows\n\nA reading of the run.\n")
+
+    # Execute: written twice, as a rerun of the benchmark would.
+    write_benchmark_report(document, tmp_path)
+    report = write_benchmark_report(document, tmp_path).read_text()
+
+    # Assert: the notes once, under the title and above the numbers.
+    assert report.count("A reading of the run.") == 1
+    assert report.index("# Cold-start benchmark") < report.index("A reading")
+    assert report.index("A reading") < report.index("## ndcg@10, shots = all")
