@@ -757,6 +757,30 @@ def summarise(results: Sequence[TargetResult]) -> dict[str, list[dict[str, objec
     return {"results": rows, "comparisons": comparisons}
 
 
+def private_arms_ahead(summary: dict[str, list[dict[str, object]]]) -> list[str]:
+    """``target/shots: arm +difference`` wherever a private arm's mean NDCG@10 is
+    above reptile's."""
+    means = {
+        (str(r["arm"]), str(r["target"]), str(r["shots"])): float(str(r["mean"]))
+        for r in summary["results"]
+        if r["metric"] == "ndcg@10"
+    }
+    ahead = []
+    for arm, target, shots in sorted(means, key=lambda k: (k[1], k[2])):
+        rivals = {
+            a: v
+            for (a, t, s), v in means.items()
+            if (t, s) == (target, shots) and a in PRIVATE_ARMS and a != "reptile"
+        }
+        if arm != "reptile" or not rivals:
+            continue
+        best = max(rivals, key=lambda a: rivals[a])
+        if rivals[best] > means[(arm, target, shots)]:
+            difference = rivals[best] - means[(arm, target, shots)]
+            ahead.append(f"{target}/{shots}: {best} +{difference:.4f}")
+    return ahead
+
+
 def print_table(
     summary: dict[str, list[dict[str, object]]], metric: str = "ndcg@10"
 ) -> str:
@@ -958,6 +982,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(print_table(summary, metric))
         print()
     print(f"benchmark: {elapsed:.0f}s")
+    behind = private_arms_ahead(summary)
+    if behind:
+        logger.warning(
+            "benchmark: reptile is not the best private arm (NDCG@10): %s",
+            "; ".join(behind),
+        )
 
     document = {
         "command": " ".join(

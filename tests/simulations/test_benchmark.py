@@ -208,3 +208,33 @@ def test_a_rewritten_report_keeps_the_hand_written_notes(
     assert report.count("A reading of the run.") == 1
     assert report.index("# Cold-start benchmark") < report.index("A reading")
     assert report.index("A reading") < report.index("## ndcg@10, shots = all")
+
+
+def test_the_warning_names_each_target_where_a_private_arm_is_ahead() -> None:
+    # Prepare: reptile behind itemknn on A, ahead of everything private on B, and
+    # behind only a pooled (non-private) arm on B.
+    def row(arm: str, target: str, mean: float) -> dict[str, object]:
+        return {
+            "arm": arm,
+            "target": target,
+            "shots": "all",
+            "metric": "ndcg@10",
+            "mean": mean,
+        }
+
+    summary: dict[str, list[dict[str, object]]] = {
+        "results": [
+            row("reptile", "A", 0.30),
+            row("itemknn", "A", 0.35),
+            row("popularity", "A", 0.20),
+            row("reptile", "B", 0.40),
+            row("itemknn", "B", 0.39),
+            row("pooled-itemknn", "B", 0.50),
+        ]
+    }
+
+    # Execute
+    ahead = benchmark.private_arms_ahead(summary)
+
+    # Assert
+    assert ahead == ["A/all: itemknn +0.0500"]
