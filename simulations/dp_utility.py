@@ -1,7 +1,7 @@
 """What differential privacy costs on real data: cold-start NDCG@10 with and without DP.
 
-    python -m simulations.dp_utility --data ../shared/data/xmarket [--rounds 5]
-        [--merchants-per-market 20] [--clip 1,5] [--epsilon 8] [--out dp.json]
+    python -m simulations.dp_utility --data ../shared/data/xmarket [--rounds 10]
+        [--merchants-per-market 10] [--clip 2] [--epsilon 8] [--out dp.json]
 
 Two federations of XMarket: the small markets (de, fr, mx) federate and the large ones
 (ca, uk) are the new merchants scored; then the other way round. Each source market is
@@ -9,10 +9,15 @@ split into ``--merchants-per-market`` merchants. For each clipping bound C the s
 run (uniform weights, the mean, C) is made with and without the Gaussian noise, the
 noise multiplier z chosen as the smallest that keeps ε ≤ ``--epsilon`` after the last
 round at δ = 1 / (number of customers of the federating merchants)
-(``common.privacy``). A run with the project's default settings, without DP, is the
-second reference. NDCG@10 of each target market's test items is measured after the
-new-merchant adaptation, with the in-process engine (the same computation as Flower's;
-the DP noise is seeded here so the experiment repeats).
+(``common.privacy``). Two references: the project's default defences without DP, and
+each new merchant trained alone (no federation at all).
+
+Everything else is the cold-start benchmark's (``simulations.benchmark``): its model,
+its federated training (rounds of inner steps, the annealed meta_lr), and its
+protocol: each new merchant's adaptation budget is chosen on validation items, and
+NDCG@10 is measured on its test items against 99 sampled negatives. The in-process
+engine computes what Flower's does; the DP noise is seeded here so the experiment
+repeats.
 """
 
 from __future__ import annotations
@@ -33,19 +38,27 @@ import torch
 
 from common.adapt import MerchantData
 from common.config import (
-    AdaptConfig,
     DataConfig,
     DefenceConfig,
     MetaConfig,
     RunConfig,
 )
-from common.evaluation import Budget, cold_start_scores
 from common.federation import new_merchants, source_merchants
+from common.model import init_parameters
 from common.privacy import epsilon
+from simulations.benchmark import (
+    ADAPT_GRID,
+    FULL,
+    LOCAL_GRID,
+    model_scores,
+    scores_from_catalogue,
+    tuned_adaptation,
+)
 from simulations.inprocess import run_inprocess
 
 logger = logging.getLogger("simulations.dp_utility")
 
+ALONE = "alone"  # the reference with no federation: each new merchant from scratch
 SPLITS = {
     "large-targets": (("de", "fr", "mx"), ("ca", "uk")),
     "small-targets": (("ca", "uk"), ("de", "fr", "mx")),
@@ -78,18 +91,23 @@ def _run(arm: Arm) -> tuple[str, str, dict[str, float], float]:
     torch.set_num_threads(1)
     started = time.monotonic()
     config = arm.config
-    sources = source_merchants(config.data)
-    theta = run_inprocess(config, sources).parameters
-    budget = Budget(
-        config.evaluation.adapt_steps,
-        config.evaluation.adapt_lr,
-        config.adapt.batch_size,
-    )
+    if arm.name == ALONE:
+        theta = None
+    else:
+        theta = run_inprocess(config, source_merchants(config.data)).parameters
     scores = {}
     for target in new_merchants(config.data):
-        prepared = [(target.split, MerchantData.from_split(target.split, config.model))]
+        data = MerchantData.from_split(target.split, config.model)
+        start = theta if theta is not None else init_parameters(config.model, 0)
+        grid = ADAPT_GRID if theta is not None else LOCAL_GRID
+        _, parameters = tuned_adaptation(
+            start, data, target.split, config.model, grid, seed=0
+        )
         scores[target.market] = float(
-            cold_start_scores(theta, prepared, config.model, budget, seed=0).ndcg.mean()
+            scores_from_catalogue(
+                model_scores(parameters, data, target.split, config.model),
+                target.split,
+            ).ndcg.mean()
         )
     logger.info(
         "dp: %s %s: %s in %.0fs",
@@ -131,11 +149,18 @@ def arms(
             "epsilon": epsilon(z, 1.0, rounds, delta),
         }
         base = RunConfig(
-            meta=MetaConfig(num_rounds=rounds),
-            adapt=AdaptConfig(),
+            model=FULL.model,
+            adapt=FULL.adapt,
+            meta=MetaConfig(
+                num_rounds=rounds,
+                meta_lr=FULL.meta_lr,
+                meta_lr_final=FULL.meta_lr_final,
+                min_train_merchants=1,
+            ),
             data=data,
         )
         result.append(Arm(split, "defaults", base))
+        result.append(Arm(split, ALONE, base))
         uniform = replace(base.meta, weighting="uniform")
         for clip in clips:
             plain = DefenceConfig(clip_norm=clip, aggregation="mean")
@@ -172,14 +197,17 @@ def report(
             if name.endswith("-dp"):
                 same = scores[(split, name.removesuffix("-dp"))][market]
                 default = scores[(split, "defaults")][market]
+                alone = scores[(split, ALONE)][market]
                 row["relative-to-same-without-dp"] = value / same
                 row["relative-to-default"] = value / default
+                row["relative-to-alone"] = value / alone
             rows.append(row)
             print(
                 f"dp: {split:<14} {name:<14} {market}: ndcg@10 {value:.4f}"
                 + (
                     f"  ({row['relative-to-same-without-dp']:.3f} of the same run "
-                    f"without DP, {row['relative-to-default']:.3f} of the defaults)"
+                    f"without DP, {row['relative-to-default']:.3f} of the defaults, "
+                    f"{row['relative-to-alone']:.3f} of the merchant alone)"
                     if "relative-to-default" in row
                     else ""
                 ),
@@ -192,11 +220,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="../shared/data/xmarket")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=FULL.rounds)
     parser.add_argument("--merchants-per-market", type=int, default=10)
-    parser.add_argument(
-        "--clip", default="2,20", help="clipping bounds, comma separated"
-    )
+    parser.add_argument("--clip", default="2", help="clipping bounds, comma separated")
     parser.add_argument("--epsilon", type=float, default=8.0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument(
