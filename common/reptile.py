@@ -60,13 +60,18 @@ def weighted_mean(
 
 
 def apply_step(theta: Arrays, step: Arrays, meta_lr: float) -> dict[str, np.ndarray]:
-    """θ + meta_lr · step."""
-    return {
-        name: (
-            np.asarray(theta[name], np.float32) + np.float32(meta_lr) * step[name]
-        ).astype(np.float32)
-        for name in theta
-    }
+    """θ + meta_lr · step, in float32.
+
+    A huge finite step can overflow to Inf; that is returned, not warned about, so the
+    caller decides what a non-finite θ means (the strategy keeps the previous θ).
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        return {
+            name: (
+                np.asarray(theta[name], np.float32) + np.float32(meta_lr) * step[name]
+            ).astype(np.float32)
+            for name in theta
+        }
 
 
 def reptile_update(
