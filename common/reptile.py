@@ -6,7 +6,7 @@ steps to θ_i, and the meta-initialisation moves towards the adapted weights:
 
     θ ← θ + ε · Σ_i w_i (θ_i − θ) / Σ_i w_i
 
-Here a task is a merchant, Δ_i = θ_i − θ is the delta it sends, and ε is ``meta_lr``.
+Here a task is a merchant, Δ_i = θ_i − θ is the delta it sends, and ε is meta_lr.
 With ε = 1 and one inner epoch this is FedAvg; Reptile's gain comes from several inner
 steps per round and ε < 1 late in training (the paper anneals ε linearly to 0).
 """
