@@ -65,7 +65,7 @@ def apply_step(theta: Arrays, step: Arrays, meta_lr: float) -> dict[str, np.ndar
     A huge finite step can overflow to Inf; that is returned, not warned about, so the
     caller decides what a non-finite θ means (the strategy keeps the previous θ).
     """
-    with np.errstate(over="ignore", invalid="ignore"):
+    with np.errstate(over="ignore"):
         return {
             name: (
                 np.asarray(theta[name], np.float32) + np.float32(meta_lr) * step[name]
