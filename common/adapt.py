@@ -153,7 +153,8 @@ def adapt(
     seed: int,
     snapshots: Collection[int] = (),
 ) -> AdaptResult:
-    """Run ``config.inner_steps`` Adam steps from ``parameters`` on ``data``.
+    """Run ``config.inner_steps`` Adam steps from ``parameters`` on ``data``
+    (the item biases at ``config.bias_lr`` when it is set).
 
     Deterministic for a given seed: minibatches are drawn from a seeded generator, so
     the same merchant in the same round produces the same delta under any engine.
@@ -176,7 +177,15 @@ def adapt(
         for name, array in parameters.items()
     }
     model = build_model(replace(model_config, num_buckets=len(rows)), compact)
-    optimizer = Adam(model.parameters(), lr=config.inner_lr)  # torch.optim's, bitwise
+    # torch.optim's Adam, bitwise; the popularity term b may take its own step size.
+    if config.bias_lr is None:
+        optimizers = [Adam(model.parameters(), lr=config.inner_lr)]
+    else:
+        bias = model.item_bias.weight
+        optimizers = [
+            Adam([p for p in model.parameters() if p is not bias], lr=config.inner_lr),
+            Adam([bias], lr=config.bias_lr),
+        ]
     catalogue = torch.from_numpy(
         local_rows.reshape(data.catalogue.shape).astype(np.int64)
     )
@@ -227,9 +236,11 @@ def adapt(
         loss = example_loss(
             model, catalogue, histories, example_user[batch], example_position[batch]
         )
-        optimizer.zero_grad(set_to_none=True)
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        for optimizer in optimizers:
+            optimizer.step()
     loss_after = probe_loss()
     logger.debug(
         "adapt: %d steps on %d examples, loss %.4f -> %.4f",

@@ -40,14 +40,23 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class AdaptConfig:
-    """The inner loop: ``inner_steps`` Adam steps at ``inner_lr`` on support data."""
+    """The inner loop: ``inner_steps`` Adam steps at ``inner_lr`` on support data.
+
+    bias_lr: the step size of the item-popularity term b alone (``None``: inner_lr).
+        A market's popularity is its own, while the item vectors carry what other
+        markets taught θ: a new merchant may learn the first fast and move the
+        second slowly.
+    """
 
     inner_steps: int = 20
     inner_lr: float = 0.01
     batch_size: int = 64
+    bias_lr: float | None = None
 
     def __post_init__(self) -> None:
         _require_positive(self, "inner_steps", "inner_lr", "batch_size")
+        if self.bias_lr is not None and not self.bias_lr > 0:
+            raise ValueError(f"bias_lr must be > 0 or None, got {self.bias_lr}")
 
 
 @dataclass(frozen=True)

@@ -26,17 +26,27 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Budget:
-    """An adaptation budget: ``steps`` Adam steps at learning rate ``lr``."""
+    """An adaptation budget: ``steps`` Adam steps at learning rate ``lr``, the item
+    biases at ``bias_lr`` when it is set (see :class:`AdaptConfig`)."""
 
     steps: int
     lr: float
     batch_size: int = 64
+    bias_lr: float | None = None
 
     def as_adapt_config(self) -> AdaptConfig:
         """The inner-loop settings of this budget."""
         return AdaptConfig(
-            inner_steps=self.steps, inner_lr=self.lr, batch_size=self.batch_size
+            inner_steps=self.steps,
+            inner_lr=self.lr,
+            batch_size=self.batch_size,
+            bias_lr=self.bias_lr,
         )
+
+    def describe(self) -> str:
+        """``"300 steps, lr 0.001"``, with ``", bias lr 0.03"`` when it is set."""
+        text = f"{self.steps} steps, lr {self.lr}"
+        return text if self.bias_lr is None else f"{text}, bias lr {self.bias_lr}"
 
 
 @dataclass(frozen=True)
@@ -71,11 +81,13 @@ def adapted_budgets(
     """θ adapted with each of ``budgets``, as :func:`adapted_parameters` gives them.
 
     Budgets that differ only in steps share one run (its first k steps are exactly a
-    k-step run with the same seed), so the cost is the longest of each learning rate.
+    k-step run with the same seed), so the cost is the longest of each learning rate
+    (and bias learning rate).
     """
-    runs: dict[tuple[float, int], list[Budget]] = {}
+    runs: dict[tuple[float, int, float | None], list[Budget]] = {}
     for budget in budgets:
-        runs.setdefault((budget.lr, budget.batch_size), []).append(budget)
+        key = (budget.lr, budget.batch_size, budget.bias_lr)
+        runs.setdefault(key, []).append(budget)
     adapted: dict[Budget, dict[str, np.ndarray]] = {}
     for group in runs.values():
         longest = max(group, key=lambda budget: budget.steps)

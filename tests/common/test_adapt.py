@@ -89,6 +89,44 @@ def test_adaptation_leaves_theta_itself_untouched() -> None:
         np.testing.assert_array_equal(theta[name], copy[name])
 
 
+def test_bias_lr_sets_the_step_size_of_the_item_biases_alone() -> None:
+    # Prepare: Adam's first step moves every coordinate with a gradient by exactly
+    # its learning rate (m̂ / √v̂ = ±1), so one step shows each group's step size.
+    _, data = _merchant()
+    theta = init_parameters(MODEL, seed=0)
+    one_step = replace(INNER, inner_steps=1, inner_lr=1e-4, bias_lr=0.05)
+
+    # Execute
+    moved = compute_delta(theta, adapt(theta, data, MODEL, one_step, seed=1).parameters)
+
+    # Assert
+    bias_step = np.abs(moved["item_bias.weight"]).max()
+    vector_step = np.abs(moved["target_items.weight"]).max()
+    np.testing.assert_allclose(bias_step, 0.05, rtol=1e-3)
+    np.testing.assert_allclose(vector_step, 1e-4, rtol=1e-2)
+
+
+def test_bias_lr_equal_to_inner_lr_is_exactly_the_single_step_size_run() -> None:
+    # Prepare
+    _, data = _merchant()
+    theta = init_parameters(MODEL, seed=0)
+
+    # Execute
+    plain = adapt(theta, data, MODEL, INNER, seed=3).parameters
+    split = adapt(
+        theta, data, MODEL, replace(INNER, bias_lr=INNER.inner_lr), seed=3
+    ).parameters
+
+    # Assert
+    for name in theta:
+        np.testing.assert_array_equal(plain[name], split[name])
+
+
+def test_adapt_config_rejects_a_non_positive_bias_lr() -> None:
+    with pytest.raises(ValueError, match="bias_lr"):
+        AdaptConfig(bias_lr=0.0)
+
+
 def test_delta_is_zero_on_the_rows_of_items_the_merchant_never_saw() -> None:
     # Prepare: the rows of products of the synthetic world the merchant does not
     # sell, less any row a product it sells also hashes to.
