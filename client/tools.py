@@ -220,9 +220,11 @@ def adapt_merchant(
         raise ToolError(f"adapt: market {split.market}: no interactions to adapt on")
     result = adapt(theta.arrays, data, theta.model, budget, seed)
     logger.info(
-        "adapt: %d steps at lr %g on %d interactions, loss %.4f -> %.4f",
+        "adapt: %d steps at lr %g (item popularity at %g) on %d interactions, "
+        "loss %.4f -> %.4f",
         budget.inner_steps,
         budget.inner_lr,
+        budget.bias_lr if budget.bias_lr is not None else budget.inner_lr,
         result.num_examples,
         result.loss_before,
         result.loss_after,
@@ -233,6 +235,7 @@ def adapt_merchant(
         "from-round": theta.meta.get("server_round"),
         "steps": budget.inner_steps,
         "lr": budget.inner_lr,
+        "bias-lr": budget.bias_lr,
         "seed": seed,
         "loss-before": result.loss_before,
         "loss-after": result.loss_after,
@@ -359,6 +362,15 @@ def adapt_command(
     lr: Annotated[
         float | None, typer.Option(help="Learning rate (default: the run's adapt-lr).")
     ] = None,
+    bias_lr: Annotated[
+        float | None,
+        typer.Option(
+            help="Learning rate of the items' popularity terms alone (default: "
+            "--lr). A few interactions per customer say more about what sells in "
+            "this market than about which products go together: e.g. --lr 0.001 "
+            "--bias-lr 0.03 --steps 300."
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seeds the minibatches.")] = 0,
     user_col: UserColumn = "user",
     item_col: ItemColumn = "item",
@@ -374,6 +386,7 @@ def adapt_command(
             inner_steps=steps if steps is not None else budget.inner_steps,
             inner_lr=lr if lr is not None else budget.inner_lr,
             batch_size=budget.batch_size,
+            bias_lr=bias_lr,
         )
         columns = _columns(user_col, item_col, time_col, market_col)
         split = read_merchant(data, data_format, market, columns)

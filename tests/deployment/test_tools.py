@@ -193,6 +193,42 @@ def test_the_commands_write_csv_and_json_lists(tmp_path: Path) -> None:
         assert entry["scores"] == sorted(entry["scores"], reverse=True)
 
 
+def test_adapt_learns_item_popularity_at_its_own_step_size(tmp_path: Path) -> None:
+    # Prepare: Adam's first step moves each coordinate by its learning rate.
+    from common.synthetic import new_merchants
+
+    model = ModelConfig(embedding_dim=8, num_buckets=256, max_history=10)
+    run_config = {"embedding-dim": 8, "num-buckets": 256, "max-history": 10}
+    checkpoint = _checkpoint(
+        tmp_path / "c.npz", model, {"server_round": 2, "run-config": run_config}
+    )
+    data = tmp_path / "orders.csv"
+    new_merchants(0)[1].interactions[["user", "item", "time"]].to_csv(data, index=False)
+    app = typer.Typer()
+    app.command("adapt")(tools.adapt_command)
+    app.command("recommend")(tools.recommend_command)
+    base = ["adapt", "--checkpoint", str(checkpoint), "--data", str(data)]
+    out = tmp_path / "m.npz"
+
+    # Execute
+    one_step = ["--steps", "1", "--lr", "0.00001", "--bias-lr", "0.05"]
+    adapted = CliRunner().invoke(app, [*base, "--out", str(out), *one_step])
+    refused = CliRunner().invoke(
+        app, [*base, "--out", str(tmp_path / "x.npz"), "--bias-lr", "0"]
+    )
+
+    # Assert
+    assert adapted.exit_code == 0, adapted.output
+    start, model_file = tools.load_parameters(checkpoint), tools.load_parameters(out)
+    moved = {
+        k: np.abs(model_file.arrays[k] - start.arrays[k]).max() for k in start.arrays
+    }
+    np.testing.assert_allclose(moved["item_bias.weight"], 0.05, rtol=1e-3)
+    np.testing.assert_allclose(moved["target_items.weight"], 1e-5, rtol=1e-2)
+    assert model_file.meta["bias-lr"] == 0.05
+    assert refused.exit_code == 2 and "bias_lr" in refused.output
+
+
 def test_read_merchant_names_the_file_of_a_bad_log(tmp_path: Path) -> None:
     path = tmp_path / "orders.csv"
     path.write_text("user,item\nu1,P1\n")
