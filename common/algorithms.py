@@ -10,13 +10,14 @@ the gradient of a separate query batch taken at the adapted weights.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
 
 from common.adapt import AdaptResult, MerchantData, adapt, example_loss
 from common.config import AdaptConfig, ModelConfig
-from common.model import build_model, to_numpy
+from common.model import ITEM_TABLES, build_model, to_numpy
 from common.reptile import compute_delta
 
 
@@ -78,22 +79,40 @@ def train_pooled(
     catalogue for the softmax, as in federated training). Returns θ after
     ``config.inner_steps`` steps and after each step count of ``snapshots``, keyed by
     step count, so that a training length can be chosen on validation in one run.
+
+    As in :func:`common.adapt.adapt`, only the item-table rows some catalogue hashes
+    to are trained, on a compact copy: the other rows never get a gradient, so Adam
+    leaves them exactly where they are.
     """
-    net = build_model(model, theta)
+    rows = np.unique(np.concatenate([d.catalogue.ravel() for d in datasets]))
+    compact = {
+        name: array[rows] if name in ITEM_TABLES else array
+        for name, array in theta.items()
+    }
+    net = build_model(replace(model, num_buckets=len(rows)), compact)
     optimizer = torch.optim.Adam(net.parameters(), lr=config.inner_lr)
     rng = np.random.default_rng(seed)
     sizes = np.array([d.num_examples for d in datasets], dtype=np.float64)
     tensors = [
         (
-            torch.from_numpy(d.catalogue),
+            torch.from_numpy(np.searchsorted(rows, d.catalogue).astype(np.int64)),
             torch.from_numpy(d.histories),
             torch.from_numpy(d.example_user),
             torch.from_numpy(d.example_position),
         )
         for d in datasets
     ]
+
+    def written_back() -> dict[str, np.ndarray]:
+        trained = to_numpy(net)
+        for name in ITEM_TABLES:
+            table = np.array(theta[name], dtype=np.float32, copy=True)
+            table[rows] = trained[name]
+            trained[name] = table
+        return trained
+
     generator = torch.Generator().manual_seed(seed)
-    kept = {0: to_numpy(net)} if 0 in snapshots or config.inner_steps == 0 else {}
+    kept = {0: written_back()} if 0 in snapshots or config.inner_steps == 0 else {}
     for step in range(1, config.inner_steps + 1):
         index = int(rng.choice(len(datasets), p=sizes / sizes.sum()))
         catalogue, histories, users, positions = tensors[index]
@@ -105,5 +124,5 @@ def train_pooled(
         loss.backward()
         optimizer.step()
         if step in snapshots or step == config.inner_steps:
-            kept[step] = to_numpy(net)
+            kept[step] = written_back()
     return kept
