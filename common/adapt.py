@@ -99,6 +99,31 @@ class MerchantData:
         )
 
 
+def item_rows(
+    parameters: dict[str, np.ndarray], rows: np.ndarray
+) -> dict[str, np.ndarray]:
+    """θ with its item tables cut to ``rows`` (the rows some catalogue hashes to)."""
+    return {
+        name: array[rows] if name in ITEM_TABLES else array
+        for name, array in parameters.items()
+    }
+
+
+def with_item_rows(
+    parameters: dict[str, np.ndarray],
+    rows: np.ndarray,
+    trained: dict[str, np.ndarray],
+) -> dict[str, np.ndarray]:
+    """``trained`` (item tables cut to ``rows``) with its item rows written back into
+    a copy of ``parameters``' full tables; the other arrays as trained."""
+    full = dict(trained)
+    for name in ITEM_TABLES:
+        table = np.array(parameters[name], dtype=np.float32, copy=True)
+        table[rows] = trained[name]
+        full[name] = table
+    return full
+
+
 def round_seed(seed: int, server_round: int, merchant_id: str) -> int:
     """A seed unique to (run seed, round, merchant), the same in every process.
 
@@ -172,11 +197,9 @@ def adapt(
     if data.num_examples == 0:
         raise ValueError("adapt: the merchant has no support interactions")
     rows, local_rows = np.unique(data.catalogue, return_inverse=True)
-    compact = {
-        name: array[rows] if name in ITEM_TABLES else array
-        for name, array in parameters.items()
-    }
-    model = build_model(replace(model_config, num_buckets=len(rows)), compact)
+    model = build_model(
+        replace(model_config, num_buckets=len(rows)), item_rows(parameters, rows)
+    )
     # torch.optim's Adam, bitwise; the popularity term b may take its own step size.
     if config.bias_lr is None:
         optimizers = [Adam(model.parameters(), lr=config.inner_lr)]
@@ -216,13 +239,7 @@ def adapt(
         )
 
     def written_back() -> dict[str, np.ndarray]:
-        """θ with the adapted rows written back into a copy of its item tables."""
-        adapted = to_numpy(model)
-        for name in ITEM_TABLES:
-            table = np.array(parameters[name], dtype=np.float32, copy=True)
-            table[rows] = adapted[name]
-            adapted[name] = table
-        return adapted
+        return with_item_rows(parameters, rows, to_numpy(model))
 
     kept: dict[int, dict[str, np.ndarray]] = {}
     loss_before = probe_loss()

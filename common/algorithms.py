@@ -15,9 +15,16 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from common.adapt import AdaptResult, MerchantData, adapt, example_loss
+from common.adapt import (
+    AdaptResult,
+    MerchantData,
+    adapt,
+    example_loss,
+    item_rows,
+    with_item_rows,
+)
 from common.config import AdaptConfig, ModelConfig
-from common.model import ITEM_TABLES, build_model, to_numpy
+from common.model import build_model, to_numpy
 from common.reptile import compute_delta
 
 
@@ -37,7 +44,7 @@ def merchant_delta(
         raise ValueError(f"unknown algorithm {algorithm!r}")
 
     # First-order MAML: ∇ of a query batch at the adapted weights θ_i, applied at θ.
-    # Δ = −inner_lr · inner_steps · ∇L_query(θ_i): the size of step Reptile would take.
+    # Δ = −inner_lr · inner_steps · ∇L_query(θ_i): the size of a Reptile step.
     adapted = build_model(model, result.parameters)
     generator = torch.Generator().manual_seed(seed + 1)
     batch = torch.randint(
@@ -85,11 +92,7 @@ def train_pooled(
     leaves them exactly where they are.
     """
     rows = np.unique(np.concatenate([d.catalogue.ravel() for d in datasets]))
-    compact = {
-        name: array[rows] if name in ITEM_TABLES else array
-        for name, array in theta.items()
-    }
-    net = build_model(replace(model, num_buckets=len(rows)), compact)
+    net = build_model(replace(model, num_buckets=len(rows)), item_rows(theta, rows))
     optimizer = torch.optim.Adam(net.parameters(), lr=config.inner_lr)
     rng = np.random.default_rng(seed)
     sizes = np.array([d.num_examples for d in datasets], dtype=np.float64)
@@ -104,12 +107,7 @@ def train_pooled(
     ]
 
     def written_back() -> dict[str, np.ndarray]:
-        trained = to_numpy(net)
-        for name in ITEM_TABLES:
-            table = np.array(theta[name], dtype=np.float32, copy=True)
-            table[rows] = trained[name]
-            trained[name] = table
-        return trained
+        return with_item_rows(theta, rows, to_numpy(net))
 
     generator = torch.Generator().manual_seed(seed)
     kept = {0: written_back()} if 0 in snapshots or config.inner_steps == 0 else {}

@@ -67,7 +67,7 @@ class MetaConfig:
         fine-tuning, and with many merchants the mean of their adapted weights.
     meta_lr_final: meta_lr is annealed linearly from ``meta_lr`` in the first round
         to this value in the last (the schedule of the Reptile paper).
-    algorithm: what a merchant sends back. ``reptile``: θ_i − θ after the inner loop.
+    algorithm: what a merchant sends back. ``reptile``: θ_i − θ after inner steps.
         ``fedavg``: the same delta, for FedAvg runs (meta_lr 1 throughout makes the
         server step the plain average of the merchants' weights). ``fomaml``:
         first-order MAML, the negated query-batch gradient at the adapted weights,

@@ -65,7 +65,7 @@ def adapted_parameters(
     budget: Budget,
     seed: int,
 ) -> dict[str, np.ndarray]:
-    """θ adapted on a merchant's support data (θ itself when the budget is 0 steps)."""
+    """θ adapted on a merchant's support data (θ itself for a budget of 0 steps)."""
     if budget.steps == 0:
         return theta
     return adapt(theta, data, model, budget.as_adapt_config(), seed).parameters
