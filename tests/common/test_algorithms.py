@@ -8,11 +8,10 @@ from common import synthetic
 from common.adapt import MerchantData
 from common.algorithms import train_pooled
 from common.config import AdaptConfig, ModelConfig
-from common.model import init_parameters
+from common.model import ITEM_TABLES, init_parameters
 from common.protocol import leave_one_out
 
 MODEL = ModelConfig(embedding_dim=8, num_buckets=2048, max_history=20)
-ITEM_TABLES = ("history_items.weight", "target_items.weight", "item_bias.weight")
 
 
 def _datasets() -> list[MerchantData]:
