@@ -121,14 +121,27 @@ def _verdict(
             f"arm {best} {private_means[best]:.4f}: {relative:+.1%} "
             f"(target {needed:+.0%}: {'met' if relative >= needed else 'missed'})."
         )
+    pooled_means = {}
     for arm in POOLED:
         reference = over_targets(arm)
         if not math.isnan(reference):
+            pooled_means[arm] = reference
             lines.append(
                 f"Against the non-private {arm} {reference:.4f}: "
                 f"{reptile / reference - 1:+.1%} "
                 f"({'matched' if reptile >= reference else 'not matched'})."
             )
+    if private_means and pooled_means:
+        # How far pooling every market's raw data lifts the strongest method above
+        # what a merchant can do alone: a yardstick for the relative target.
+        best = max(private_means, key=lambda arm: private_means[arm])
+        strongest = max(pooled_means, key=lambda arm: pooled_means[arm])
+        lines.append(
+            f"Headroom: the best non-private arm, {strongest} "
+            f"{pooled_means[strongest]:.4f}, is "
+            f"{pooled_means[strongest] / private_means[best] - 1:+.1%} against the "
+            f"best private arm on the mean."
+        )
     return lines
 
 

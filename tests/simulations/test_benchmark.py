@@ -238,3 +238,43 @@ def test_the_warning_names_each_target_where_a_private_arm_is_ahead() -> None:
 
     # Assert
     assert ahead == ["A/all: itemknn +0.0500"]
+
+
+def test_the_report_states_the_targets_and_the_headroom_of_pooling(
+    tmp_path: Path,
+) -> None:
+    # Prepare: two targets; itemknn is the best private arm on the mean (0.40),
+    # pooled-itemknn the best non-private one (0.42), reptile at 0.38.
+    means = {
+        "reptile": (0.36, 0.40),
+        "itemknn": (0.38, 0.42),
+        "popularity": (0.30, 0.44),
+        "pooled": (0.30, 0.30),
+        "pooled-itemknn": (0.40, 0.44),
+    }
+    results = [
+        {"arm": arm, "target": target, "shots": "all", "metric": "ndcg@10",
+         "mean": value, "ci95": [value - 0.01, value + 0.01]}
+        for arm, values in means.items()
+        for target, value in zip(("A", "B"), values, strict=True)
+    ]  # fmt: skip
+    comparisons = [
+        {"arm": arm, "target": target, "shots": "all", "metric": "ndcg@10",
+         "difference": 0.0, "ci95": [0.0, 0.0], "p": 0.01}
+        for arm in means if arm != "reptile" for target in ("A", "B")
+    ]  # fmt: skip
+
+    # Execute
+    report = write_benchmark_report(
+        {"results": results, "comparisons": comparisons}, tmp_path
+    ).read_text()
+
+    # Assert: 0.38 / 0.40 - 1 = -5.0 %; 0.42 / 0.40 - 1 = +5.0 %; on B popularity
+    # (0.44) is the best private arm.
+    assert "reptile 0.3800, best private arm itemknn 0.4000: -5.0%" in report
+    assert "(target +5%: missed)" in report
+    assert "| B | popularity | 0.4400 | 0.4000 | -9.1% | 0.0100 | no |" in report
+    assert (
+        "Headroom: the best non-private arm, pooled-itemknn 0.4200, is +5.0% "
+        "against the best private arm on the mean." in report
+    )
