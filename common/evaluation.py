@@ -18,7 +18,7 @@ import numpy as np
 from common.adapt import MerchantData, adapt, score_held_out
 from common.config import AdaptConfig, ModelConfig
 from common.metrics import full_catalogue_ranks, hit_rate, ndcg, rank_of_positive
-from common.model import init_parameters
+from common.model import init_parameters, scale_taste
 from common.protocol import MarketSplit
 
 logger = logging.getLogger(__name__)
@@ -27,12 +27,14 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Budget:
     """An adaptation budget: ``steps`` Adam steps at learning rate ``lr``, the item
-    biases at ``bias_lr`` when it is set (see :class:`AdaptConfig`)."""
+    biases at ``bias_lr`` when it is set (see :class:`AdaptConfig`); the adapted
+    taste term is then scaled by ``taste_scale`` (see :func:`scale_taste`)."""
 
     steps: int
     lr: float
     batch_size: int = 64
     bias_lr: float | None = None
+    taste_scale: float = 1.0
 
     def as_adapt_config(self) -> AdaptConfig:
         """The inner-loop settings of this budget."""
@@ -44,9 +46,14 @@ class Budget:
         )
 
     def describe(self) -> str:
-        """``"300 steps, lr 0.001"``, with ``", bias lr 0.03"`` when it is set."""
+        """``"300 steps, lr 0.001"``, with ``", bias lr 0.03"`` and ``", taste x0.5"``
+        when they are set."""
         text = f"{self.steps} steps, lr {self.lr}"
-        return text if self.bias_lr is None else f"{text}, bias lr {self.bias_lr}"
+        if self.bias_lr is not None:
+            text += f", bias lr {self.bias_lr}"
+        if self.taste_scale != 1.0:
+            text += f", taste x{self.taste_scale}"
+        return text
 
 
 @dataclass(frozen=True)
@@ -65,10 +72,12 @@ def adapted_parameters(
     budget: Budget,
     seed: int,
 ) -> dict[str, np.ndarray]:
-    """θ adapted on a merchant's support data (θ itself for a budget of 0 steps)."""
+    """θ adapted on a merchant's support data (θ itself for a budget of 0 steps),
+    its taste term scaled by the budget's ``taste_scale``."""
     if budget.steps == 0:
-        return theta
-    return adapt(theta, data, model, budget.as_adapt_config(), seed).parameters
+        return scale_taste(theta, budget.taste_scale)
+    adapted = adapt(theta, data, model, budget.as_adapt_config(), seed).parameters
+    return scale_taste(adapted, budget.taste_scale)
 
 
 def adapted_budgets(
@@ -80,9 +89,9 @@ def adapted_budgets(
 ) -> dict[Budget, dict[str, np.ndarray]]:
     """θ adapted with each of ``budgets``, as :func:`adapted_parameters` gives them.
 
-    Budgets that differ only in steps share one run (its first k steps are exactly a
-    k-step run with the same seed), so the cost is the longest of each learning rate
-    (and bias learning rate).
+    Budgets that differ only in steps or taste scale share one run (its first k steps
+    are exactly a k-step run with the same seed), so the cost is the longest of each
+    learning rate (and bias learning rate).
     """
     runs: dict[tuple[float, int, float | None], list[Budget]] = {}
     for budget in budgets:
@@ -92,7 +101,9 @@ def adapted_budgets(
     for group in runs.values():
         longest = max(group, key=lambda budget: budget.steps)
         if longest.steps == 0:
-            adapted.update({budget: theta for budget in group})
+            adapted.update(
+                {budget: scale_taste(theta, budget.taste_scale) for budget in group}
+            )
             continue
         snapshots = adapt(
             theta,
@@ -102,7 +113,12 @@ def adapted_budgets(
             seed,
             snapshots={budget.steps for budget in group},
         ).snapshots
-        adapted.update({budget: snapshots[budget.steps] for budget in group})
+        adapted.update(
+            {
+                budget: scale_taste(snapshots[budget.steps], budget.taste_scale)
+                for budget in group
+            }
+        )
     return adapted
 
 

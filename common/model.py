@@ -22,6 +22,7 @@ where age(j) counts the user's items after j and r is ``ModelConfig.recency``.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -33,6 +34,9 @@ from common.config import ModelConfig
 PAD = -1  # marks an empty slot in a padded history
 # θ's arrays indexed by hashed item row (first axis: ``num_buckets`` rows).
 ITEM_TABLES = ("history_items.weight", "target_items.weight", "item_bias.weight")
+# The user transform (W, c): scaling both scales the user-item term u · p_i of every
+# score and leaves the item biases b_i.
+TASTE = ("user_transform.weight", "user_transform.bias")
 
 
 def item_buckets(item_ids: Sequence[str] | np.ndarray, num_buckets: int) -> np.ndarray:
@@ -104,6 +108,21 @@ class Recommender(nn.Module):
         if candidate_buckets.dim() == 2:  # one catalogue for every user
             return users @ vectors.T + bias  # (N, C)
         return torch.einsum("nd,nkd->nk", users, vectors) + bias  # (N, K)
+
+
+def scale_taste(
+    parameters: dict[str, np.ndarray], scale: float
+) -> dict[str, np.ndarray]:
+    """Parameters whose scores are ``scale · u · p_i + b_i``: how far a merchant
+    trusts the learned taste term against its items' popularity (1: unchanged)."""
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"taste scale must be a finite number > 0, got {scale}")
+    if scale == 1.0:
+        return parameters
+    scaled = dict(parameters)
+    for name in TASTE:
+        scaled[name] = (parameters[name] * np.float32(scale)).astype(np.float32)
+    return scaled
 
 
 def parameter_names(config: ModelConfig) -> list[str]:

@@ -87,21 +87,23 @@ METRICS = ("ndcg@10", "hr@10", "ndcg@10-full")
 # Every tuned arm may try this many configurations on validation items.
 SEARCH_BUDGET = 4
 # Adaptation budgets a merchant starting from a federated θ may choose from. The
-# last two move the item vectors slowly and learn the market's own item popularity
-# (the biases) ten to thirty times faster.
+# last three move the item vectors slowly and learn the market's own item popularity
+# (the biases) thirty times faster; the last then trusts the taste term half as much
+# against that popularity (with one interaction per customer the support data cannot
+# say how far to trust it).
 ADAPT_GRID = (
-    Budget(100, 0.003, 256),
     Budget(300, 0.003, 256),
     Budget(100, 0.001, 256, bias_lr=0.03),
     Budget(300, 0.001, 256, bias_lr=0.03),
+    Budget(300, 0.001, 256, bias_lr=0.03, taste_scale=0.5),
 )
-# A merchant starting from scratch needs longer; same number of choices, one of them
-# with the same fast popularity step.
+# A merchant starting from scratch needs longer; same number of choices, two of them
+# with the same fast popularity step and one with the same halved trust.
 LOCAL_GRID = (
-    Budget(100, 0.003, 256),
     Budget(300, 0.003, 256),
     Budget(1000, 0.003, 256),
     Budget(300, 0.003, 256, bias_lr=0.03),
+    Budget(300, 0.003, 256, bias_lr=0.03, taste_scale=0.5),
 )
 # Adaptation steps at which the report's steps plot is drawn.
 STEPS_CURVE = (0, 10, 30, 100, 300)
@@ -115,8 +117,11 @@ class Settings:
     adapt: AdaptConfig
     rounds: int
     merchants_per_market: int
-    meta_lr: float = 1.0
-    meta_lr_final: float = 0.1
+    # Reptile's and first-order MAML's outer step, annealed linearly. Above 1 it
+    # extrapolates the merchants' mean delta: θ carries more of the sources'
+    # co-occurrence after the same rounds (chosen on validation items).
+    meta_lr: float = 3.0
+    meta_lr_final: float = 0.3
     search_budget: int = SEARCH_BUDGET
     neumf_epochs: int = 25
 
@@ -214,16 +219,17 @@ def tuned_adaptation(
 def run_config_for(
     settings: Settings, data: DataConfig, algorithm: str, seed: int
 ) -> RunConfig:
-    """The run configuration of one federated training."""
-    final = 1.0 if algorithm == "fedavg" else settings.meta_lr_final
+    """The run configuration of one federated training: the meta-learners take
+    the settings' annealed outer step, FedAvg its textbook step of 1."""
+    fedavg = algorithm == "fedavg"
     return RunConfig(
         model=settings.model,
         adapt=settings.adapt,
         meta=MetaConfig(
             num_rounds=settings.rounds,
             algorithm=algorithm,
-            meta_lr=settings.meta_lr,
-            meta_lr_final=final,
+            meta_lr=1.0 if fedavg else settings.meta_lr,
+            meta_lr_final=1.0 if fedavg else settings.meta_lr_final,
             min_train_merchants=1,
         ),
         data=replace(data, seed=seed),

@@ -16,6 +16,7 @@ from common.model import (
     init_parameters,
     item_buckets,
     parameter_names,
+    scale_taste,
     to_numpy,
 )
 
@@ -196,3 +197,34 @@ def test_a_user_with_no_history_gets_the_learned_average_taste() -> None:
 
     # Assert
     np.testing.assert_allclose(scores.numpy(), [[1.5]], rtol=0, atol=1e-6)
+
+
+def test_a_taste_scale_multiplies_the_user_item_term_and_keeps_the_biases() -> None:
+    # Prepare: the hand-computed scores above, with u · p halved:
+    #   user 1, candidate (0, 0): 0.5 · 47/3 + 0.5 = 25/3; candidate (1, 0): 0.25
+    #   user 2, candidate (0, 0): 0.5 · 13 + 0.5 = 7; candidate (1, 0): 0.25
+    tiny = _tiny_model()
+    parameters = scale_taste(to_numpy(tiny), 0.5)
+    model = build_model(tiny.config, parameters)
+    history = torch.tensor([[[0, 1], [1, 1]], [[0, 1], [1, 1]]])
+    mask = torch.tensor([[True, True], [True, False]])
+
+    # Execute
+    with torch.no_grad():
+        scores = model(history, mask, torch.tensor([[0, 0], [1, 0]]))
+
+    # Assert
+    expected = [[25 / 3, 0.25], [7.0, 0.25]]
+    np.testing.assert_allclose(scores.numpy(), expected, rtol=1e-6, atol=1e-6)
+    assert all(parameters[k].dtype == np.float32 for k in parameters)
+
+
+def test_a_taste_scale_of_one_is_the_parameters_themselves() -> None:
+    parameters = init_parameters(SMALL, seed=0)
+    assert scale_taste(parameters, 1.0) is parameters
+
+
+@pytest.mark.parametrize("scale", [0.0, -0.5, float("nan"), float("inf")])
+def test_a_taste_scale_must_be_a_finite_positive_number(scale: float) -> None:
+    with pytest.raises(ValueError, match="taste scale"):
+        scale_taste(init_parameters(SMALL, seed=0), scale)

@@ -229,6 +229,45 @@ def test_adapt_learns_item_popularity_at_its_own_step_size(tmp_path: Path) -> No
     assert refused.exit_code == 2 and "bias_lr" in refused.output
 
 
+def test_adapt_scales_the_taste_term_it_was_asked_to(tmp_path: Path) -> None:
+    # Prepare
+    from common.synthetic import new_merchants
+
+    model = ModelConfig(embedding_dim=8, num_buckets=256, max_history=10)
+    run_config = {"embedding-dim": 8, "num-buckets": 256, "max-history": 10}
+    checkpoint = _checkpoint(
+        tmp_path / "c.npz", model, {"server_round": 2, "run-config": run_config}
+    )
+    data = tmp_path / "orders.csv"
+    new_merchants(0)[1].interactions[["user", "item", "time"]].to_csv(data, index=False)
+    app = typer.Typer()
+    app.command("adapt")(tools.adapt_command)
+    app.command("recommend")(tools.recommend_command)
+    base = ["adapt", "--checkpoint", str(checkpoint), "--data", str(data), "--steps"]
+    base += ["3"]
+
+    # Execute: the same adaptation, once as it is and once trusting taste half as much
+    runs = {}
+    for scale in ("1", "0.5"):
+        out = tmp_path / f"m-{scale}.npz"
+        result = CliRunner().invoke(
+            app, [*base, "--out", str(out), "--taste-scale", scale]
+        )
+        assert result.exit_code == 0, result.output
+        runs[scale] = tools.load_parameters(out)
+    refused = CliRunner().invoke(
+        app, [*base, "--out", str(tmp_path / "x.npz"), "--taste-scale", "0"]
+    )
+
+    # Assert: W and c halved, everything else the same
+    plain, halved = runs["1"].arrays, runs["0.5"].arrays
+    for name in plain:
+        factor = np.float32(0.5) if name.startswith("user_transform") else 1
+        np.testing.assert_array_equal(halved[name], plain[name] * factor)
+    assert runs["0.5"].meta["taste-scale"] == 0.5
+    assert refused.exit_code == 2 and "taste scale" in refused.output
+
+
 def test_read_merchant_names_the_file_of_a_bad_log(tmp_path: Path) -> None:
     path = tmp_path / "orders.csv"
     path.write_text("user,item\nu1,P1\n")
