@@ -384,8 +384,8 @@ def adapt_command(
         typer.Option(
             help="After adapting, multiply the customers' taste term (not the "
             "items' popularity) by this. Below 1 trusts the federation's "
-            "co-occurrence less; with one interaction per customer, where the "
-            "data cannot say, 0.5 ranked better on the benchmark's markets."
+            "co-occurrence less. With one interaction per customer the data "
+            "cannot tell; the benchmark chose 0.5 on every market's validation items."
         ),
     ] = 1.0,
     seed: Annotated[int, typer.Option(help="Seeds the minibatches.")] = 0,
