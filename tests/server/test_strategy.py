@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, cast
 
 import numpy as np
@@ -445,3 +446,23 @@ def test_a_sampled_merchant_that_never_replied_counts_as_failed() -> None:
     assert strategy.last_round is not None
     (missing,) = [o for o in strategy.last_round.outcomes if o.status == "failed"]
     assert "no reply" in missing.reason
+
+
+@pytest.mark.parametrize(("meta_lr", "noise", "warned"), [(3.0, 1.0, True),
+                         (1.0, 1.0, False), (3.0, 0.0, False)])  # fmt: skip
+def test_the_summary_warns_when_the_outer_step_amplifies_dp_noise(
+    meta_lr: float, noise: float, warned: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Prepare
+    caplog.set_level(logging.WARNING, logger="server.strategy")
+    defence = DefenceConfig(
+        clip_norm=1.0, aggregation="mean", dp_noise_multiplier=noise, dp_delta=1e-5
+    )
+    strategy = Reptile(replace(META, meta_lr=meta_lr), defence=defence)
+
+    # Execute
+    strategy.summary()
+
+    # Assert
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("multiplies the DP noise" in w for w in warnings) == warned
