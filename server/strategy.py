@@ -1,9 +1,10 @@
 """The Reptile strategy: Flower's strategy API, merchants' deltas, validated replies.
 
-Flower's FedAvg averages the weights merchants send back; here merchants send deltas
-Δ_i = θ_i − θ, so the strategy remembers the θ it sent in ``configure_train`` and, in
-``aggregate_train``, applies the Reptile step θ ← θ + meta_lr · weighted_mean(Δ)
-(Nichol et al. 2018, arXiv 1803.02999; the math is in ``common.reptile``).
+Flower's FedAvg averages the weights merchants send back; here merchants send
+deltas Δ_i = θ_i − θ, so the strategy remembers the θ it sent in
+``configure_train`` and, in ``aggregate_train``, applies the Reptile step
+θ ← θ + meta_lr · weighted_mean(Δ) (Nichol et al. 2018, arXiv 1803.02999; the math
+is in ``common.reptile``).
 
 Every reply is validated before it is used. Flower's own consistency check raises on
 the first malformed reply and ends the whole run; a federation of many merchants must

@@ -193,8 +193,9 @@ def test_the_commands_write_csv_and_json_lists(tmp_path: Path) -> None:
         assert entry["scores"] == sorted(entry["scores"], reverse=True)
 
 
-def test_adapt_learns_item_popularity_at_its_own_step_size(tmp_path: Path) -> None:
-    # Prepare: Adam's first step moves each coordinate by its learning rate.
+def _adapt_cli(tmp_path: Path) -> tuple[typer.Typer, list[str], Path]:
+    """The adapt command, the start of its arguments (a small checkpoint and one
+    synthetic merchant's orders), and the checkpoint's path."""
     from common.synthetic import new_merchants
 
     model = ModelConfig(embedding_dim=8, num_buckets=256, max_history=10)
@@ -208,6 +209,12 @@ def test_adapt_learns_item_popularity_at_its_own_step_size(tmp_path: Path) -> No
     app.command("adapt")(tools.adapt_command)
     app.command("recommend")(tools.recommend_command)
     base = ["adapt", "--checkpoint", str(checkpoint), "--data", str(data)]
+    return app, base, checkpoint
+
+
+def test_adapt_learns_item_popularity_at_its_own_step_size(tmp_path: Path) -> None:
+    # Prepare: Adam's first step moves each coordinate by its learning rate.
+    app, base, checkpoint = _adapt_cli(tmp_path)
     out = tmp_path / "m.npz"
 
     # Execute
@@ -231,20 +238,8 @@ def test_adapt_learns_item_popularity_at_its_own_step_size(tmp_path: Path) -> No
 
 def test_adapt_scales_the_taste_term_it_was_asked_to(tmp_path: Path) -> None:
     # Prepare
-    from common.synthetic import new_merchants
-
-    model = ModelConfig(embedding_dim=8, num_buckets=256, max_history=10)
-    run_config = {"embedding-dim": 8, "num-buckets": 256, "max-history": 10}
-    checkpoint = _checkpoint(
-        tmp_path / "c.npz", model, {"server_round": 2, "run-config": run_config}
-    )
-    data = tmp_path / "orders.csv"
-    new_merchants(0)[1].interactions[["user", "item", "time"]].to_csv(data, index=False)
-    app = typer.Typer()
-    app.command("adapt")(tools.adapt_command)
-    app.command("recommend")(tools.recommend_command)
-    base = ["adapt", "--checkpoint", str(checkpoint), "--data", str(data), "--steps"]
-    base += ["3"]
+    app, base, _ = _adapt_cli(tmp_path)
+    base += ["--steps", "3"]
 
     # Execute: the same adaptation, once as it is and once trusting taste half as much
     runs = {}

@@ -186,7 +186,11 @@ MALFORMED: dict[str, Case] = {
         ("'loss-after'", "not a finite number"),
     ),
     "list-metric": (
-        lambda m: _content(m, metrics=_metrics(**{"loss-after": [1.0, 2.0]})),  # type: ignore[arg-type]
+        # A list where a number belongs: deliberately outside the declared type.
+        lambda m: _content(
+            m,
+            metrics=_metrics(**{"loss-after": [1.0, 2.0]}),  # type: ignore[arg-type]
+        ),
         "rejected",
         ("'loss-after'", "not a finite number"),
     ),
