@@ -234,8 +234,8 @@ class Reptile(FedAvg):
         if self.defence.dp_noise_multiplier > 0 and self.meta.meta_lr > 1:
             logger.warning(
                 "strategy: meta_lr %.3g multiplies the DP noise on θ by as much; with "
-                "DP keep it at 1 or below (docs/dp_utility.json: at 3 the new "
-                "merchants kept 0.6-0.7 of their NDCG@10 without noise)",
+                "DP keep it at 1 or below (docs/dp_utility_outer_step_3.json: at 3 the "
+                "new merchants kept 0.6-0.7 of their NDCG@10 without noise)",
                 self.meta.meta_lr,
             )
 

@@ -111,35 +111,33 @@ def _verdict(
     private_means = {
         a: over_targets(a) for a in PRIVATE if a != "reptile" and over_targets(a) > 0
     }
+    pooled_means = {
+        a: over_targets(a) for a in POOLED if not math.isnan(over_targets(a))
+    }
+    leader = max(private_means, key=private_means.__getitem__, default=None)
     lines.append("")
-    if private_means:
-        best = max(private_means, key=lambda arm: private_means[arm])
+    if leader is not None:
         needed = RELATIVE_TARGET.get(str(shots), FEW_SHOTS_TARGET)
-        relative = reptile / private_means[best] - 1
+        relative = reptile / private_means[leader] - 1
         lines.append(
             f"Mean over {len(targets)} targets: reptile {reptile:.4f}, best private "
-            f"arm {best} {private_means[best]:.4f}: {relative:+.1%} "
+            f"arm {leader} {private_means[leader]:.4f}: {relative:+.1%} "
             f"(target {needed:+.0%}: {'met' if relative >= needed else 'missed'})."
         )
-    pooled_means = {}
-    for arm in POOLED:
-        reference = over_targets(arm)
-        if not math.isnan(reference):
-            pooled_means[arm] = reference
-            lines.append(
-                f"Against the non-private {arm} {reference:.4f}: "
-                f"{reptile / reference - 1:+.1%} "
-                f"({'matched' if reptile >= reference else 'not matched'})."
-            )
-    if private_means and pooled_means:
+    for arm, reference in pooled_means.items():
+        lines.append(
+            f"Against the non-private {arm} {reference:.4f}: "
+            f"{reptile / reference - 1:+.1%} "
+            f"({'matched' if reptile >= reference else 'not matched'})."
+        )
+    if leader is not None and pooled_means:
         # How far pooling every market's raw data lifts the strongest method above
         # what a merchant can do alone: a yardstick for the relative target.
-        best = max(private_means, key=lambda arm: private_means[arm])
-        strongest = max(pooled_means, key=lambda arm: pooled_means[arm])
+        strongest = max(pooled_means, key=pooled_means.__getitem__)
         lines.append(
             f"Headroom: the best non-private arm, {strongest} "
             f"{pooled_means[strongest]:.4f}, is "
-            f"{pooled_means[strongest] / private_means[best] - 1:+.1%} against the "
+            f"{pooled_means[strongest] / private_means[leader] - 1:+.1%} against the "
             f"best private arm on the mean."
         )
     return lines
